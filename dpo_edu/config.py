@@ -1,0 +1,74 @@
+"""The one place where run sizes live.
+
+`DPO_EDU_PROFILE=smoke|full` (default `full`) picks a :class:`Profile`.
+`smoke` runs the same code path with tiny sizes (CI, `make test`);
+`full` is what a learner runs. Notebooks read their sizes from here,
+never from literals of their own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+PROFILE_ENV_VAR = "DPO_EDU_PROFILE"
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    # 01 Bradley-Terry: simulated tournament
+    bt_items: int
+    bt_comparisons: int
+    bt_sweep_comparisons: tuple[int, ...]  # fit error vs data size
+    bt_sweep_repeats: int
+    # 02 optimal policy: numeric optimiser on a small response space
+    policy_responses: int
+    policy_optimizer_steps: int
+    policy_random_instances: int  # random (reward, ref) instances checked
+    # 03 DPO loss: random instances for the sympy-vs-autograd gradient check
+    gradient_check_batches: int
+    gradient_check_batch_size: int
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        bt_items=20,
+        bt_comparisons=2_000,
+        bt_sweep_comparisons=(200, 2_000),
+        bt_sweep_repeats=1,
+        policy_responses=5,
+        policy_optimizer_steps=300,
+        policy_random_instances=3,
+        gradient_check_batches=2,
+        gradient_check_batch_size=8,
+    ),
+    "full": Profile(
+        name="full",
+        bt_items=20,
+        bt_comparisons=2_000,
+        bt_sweep_comparisons=(100, 300, 1_000, 3_000, 10_000),
+        bt_sweep_repeats=5,
+        policy_responses=5,
+        policy_optimizer_steps=2_000,
+        policy_random_instances=20,
+        gradient_check_batches=20,
+        gradient_check_batch_size=64,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the profile named `name`, else the one in $DPO_EDU_PROFILE, else `full`.
+
+    Raises ValueError naming the allowed values for an unknown name.
+    """
+    source = "argument"
+    if name is None:
+        name = os.environ.get(PROFILE_ENV_VAR, "full")
+        source = f"${PROFILE_ENV_VAR}"
+    key = name.strip().lower()
+    if key not in PROFILES:
+        allowed = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown profile {name!r} (from {source}); allowed: {allowed}")
+    return PROFILES[key]

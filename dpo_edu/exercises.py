@@ -1,0 +1,176 @@
+"""Checkers for the notebooks' exercises.
+
+Each `check_*` takes the learner's answer (a value or a function), tests it
+against the package's own implementation on fresh inputs, prints a one-line
+verdict and returns True; a wrong answer raises AssertionError with a hint.
+An exercise left as `raise NotImplementedError` prints "not attempted yet" and
+returns False, so a notebook still runs top to bottom before it is solved.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from . import bandit, bradley_terry, losses
+
+
+class _NotAttempted(Exception):
+    pass
+
+
+def _call(function: Callable, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except NotImplementedError as error:
+        raise _NotAttempted from error
+
+
+def _verdict(name: str, body: Callable[[], str]) -> bool:
+    try:
+        detail = body()
+    except _NotAttempted:
+        print(f"{name}: not attempted yet - fill in the cell above and run it again")
+        return False
+    print(f"{name}: correct - {detail}")
+    return True
+
+
+def _close(actual: Any, expected: torch.Tensor, what: str, atol: float = 1e-5) -> None:
+    actual = torch.as_tensor(actual, dtype=expected.dtype)
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: got inf or nan ({actual}); is it computed stably?"
+    worst = (actual - expected).abs().max().item()
+    assert worst <= atol, f"{what}: off by up to {worst:.3g} (expected {expected}, got {actual})"
+
+
+# ---------------------------------------------------------------- 00 welcome
+
+def check_00_device_order(pick_device: Callable[[bool, bool], str]) -> bool:
+    """pick_device(cuda_available, mps_available) -> 'cuda' | 'mps' | 'cpu', in the course's order."""
+
+    def body() -> str:
+        for cuda in (True, False):
+            for mps in (True, False):
+                expected = "cuda" if cuda else "mps" if mps else "cpu"
+                got = _call(pick_device, cuda, mps)
+                assert got == expected, f"with cuda={cuda}, mps={mps}: got {got!r}, expected {expected!r}"
+        return "CUDA first, then MPS, then CPU"
+
+    return _verdict("device order", body)
+
+
+def check_00_initial_dpo_loss(value: float) -> bool:
+    """The DPO loss when policy == reference, to 4 decimals."""
+
+    def body() -> str:
+        if value is None:
+            raise _NotAttempted
+        assert abs(float(value) - math.log(2)) < 1e-4, f"got {value}; hint: the margin is 0, and -log sigmoid(0) = ?"
+        return f"-log sigmoid(0) = ln 2 = {math.log(2):.4f}"
+
+    return _verdict("initial DPO loss", body)
+
+
+# ---------------------------------------------------------- 01 Bradley-Terry
+
+def check_01_stable_probability(probability: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """probability(r_chosen, r_rejected) -> P(chosen wins), finite even for rewards near 1000."""
+
+    def body() -> str:
+        chosen = torch.tensor([0.0, 2.0, 1000.0, -1000.0, 50.0], dtype=torch.float64)
+        rejected = torch.tensor([0.0, 0.5, 999.0, -999.0, -50.0], dtype=torch.float64)
+        expected = bradley_terry.preference_probability(chosen, rejected)
+        _close(_call(probability, chosen, rejected), expected, "P(chosen wins)", atol=1e-9)
+        return "matches sigmoid(r_w - r_l), even at rewards of +-1000"
+
+    return _verdict("stable Bradley-Terry probability", body)
+
+
+def check_01_negative_log_likelihood(nll: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """nll(scores, winners, losers) -> scalar: minus the summed log-likelihood."""
+
+    def body() -> str:
+        generator = torch.Generator().manual_seed(1)
+        scores = torch.randn(6, generator=generator, dtype=torch.float64)
+        winners, losers = bradley_terry.simulate_comparisons(scores, 50, generator=generator)
+        expected = -bradley_terry.log_likelihood(scores, winners, losers)
+        _close(_call(nll, scores, winners, losers), expected, "negative log-likelihood", atol=1e-8)
+        shifted = _call(nll, scores + 3.0, winners, losers)
+        _close(shifted, expected, "negative log-likelihood after adding 3 to every score", atol=1e-8)
+        return "equals -sum log sigmoid(s_w - s_l), and adding a constant to every score leaves it unchanged"
+
+    return _verdict("Bradley-Terry negative log-likelihood", body)
+
+
+# ---------------------------------------------------------- 02 optimal policy
+
+def check_02_optimal_policy(optimal: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> bool:
+    """optimal(ref_probs, rewards, beta) -> pi*, (K,), also for tiny beta."""
+
+    def body() -> str:
+        generator = torch.Generator().manual_seed(2)
+        ref_probs = torch.softmax(torch.randn(5, generator=generator, dtype=torch.float64), -1)
+        rewards = torch.randn(5, generator=generator, dtype=torch.float64)
+        for beta in (10.0, 1.0, 0.1, 1e-4):
+            _close(_call(optimal, ref_probs, rewards, beta), bandit.optimal_policy(ref_probs, rewards, beta), f"pi* at beta={beta}", atol=1e-8)
+        return "pi_ref exp(r/beta)/Z, stable down to beta = 0.0001"
+
+    return _verdict("optimal policy", body)
+
+
+def check_02_log10_sequences(value: float, vocab_size: int, length: int) -> bool:
+    """log10 of the number of token sequences of exactly `length` tokens."""
+
+    def body() -> str:
+        if value is None:
+            raise _NotAttempted
+        expected = length * math.log10(vocab_size)
+        assert abs(float(value) - expected) < 1e-6, f"got {value}; hint: |V|^T sequences, so log10 is T log10 |V|"
+        return f"|V|^T = 10^{expected:.1f} sequences of {length} tokens"
+
+    return _verdict("counting sequences", body)
+
+
+# --------------------------------------------------------------- 03 DPO loss
+
+def _random_logps(seed: int, batch: int = 16) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(-20 * torch.rand(batch, generator=generator, dtype=torch.float64) for _ in range(4))
+
+
+def check_03_dpo_loss(dpo: Callable[..., torch.Tensor]) -> bool:
+    """dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,) losses."""
+
+    def body() -> str:
+        logps = _random_logps(3)
+        for beta in (0.1, 0.5):
+            expected, _, _ = losses.dpo_loss(*logps, beta)
+            _close(_call(dpo, *logps, beta), expected, f"DPO losses at beta={beta}", atol=1e-8)
+        same = torch.full((4,), -12.0, dtype=torch.float64)
+        _close(_call(dpo, same, same, same, same, 0.1), torch.full((4,), math.log(2), dtype=torch.float64), "loss when policy == reference")
+        return "matches dpo_edu.losses.dpo_loss, and gives ln 2 when policy == reference"
+
+    return _verdict("DPO loss", body)
+
+
+def check_03_gradient_weight(weight: Callable[..., torch.Tensor]) -> bool:
+    """weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,).
+
+    The factor in front of (grad log pi_w - grad log pi_l) in minus the loss's
+    gradient, divided by beta: it must equal what autograd finds.
+    """
+
+    def body() -> str:
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected = _random_logps(4)
+        policy_chosen = policy_chosen.clone().requires_grad_(True)
+        beta = 0.3
+        loss, _, _ = losses.dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+        (gradient,) = torch.autograd.grad(loss.sum(), policy_chosen)
+        expected = -gradient / beta  # d loss / d log pi_w = -beta * weight
+        got = _call(weight, policy_chosen.detach(), policy_rejected, ref_chosen, ref_rejected, beta)
+        _close(got, expected, "gradient weight", atol=1e-8)
+        return "sigmoid(r_hat_l - r_hat_w): largest for the pairs the policy gets wrong, as autograd agrees"
+
+    return _verdict("gradient weight", body)

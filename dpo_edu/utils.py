@@ -1,0 +1,86 @@
+"""Device choice, seeding, and the small helpers every notebook opens with."""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import time
+from importlib import metadata
+
+import numpy as np
+import torch
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Pick CUDA, then Apple's MPS, then CPU; `prefer` (or $DPO_EDU_DEVICE) overrides."""
+    prefer = prefer or os.environ.get("DPO_EDU_DEVICE")
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype for `device`: bf16 where the GPU has it, fp16 on other GPUs, None on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return None
+
+
+def seed_everything(seed: int = 0, *, deterministic: bool = True) -> torch.Generator:
+    """Seed python, numpy and torch (all devices); return a torch.Generator seeded the same.
+
+    With `deterministic`, ask torch for deterministic kernels where they exist
+    (warn-only, so an op without one still runs).
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.Generator().manual_seed(seed)
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name for `device`, e.g. 'cuda (Tesla T4)' or 'cpu (2 threads)'."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+    return device.type
+
+
+def versions(packages: tuple[str, ...] = ("dpo-edu", "torch", "transformers", "sympy", "numpy", "matplotlib")) -> dict[str, str]:
+    """Installed versions of the packages the course depends on (and Python's)."""
+    found = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def print_versions() -> None:
+    for name, version in versions().items():
+        print(f"{name:>12}: {version}")
+
+
+class Stopwatch:
+    """Wall-clock time since creation; notebooks print it in their last cell."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def __str__(self) -> str:
+        return f"{self.seconds():.1f} s"

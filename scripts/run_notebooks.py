@@ -1,0 +1,68 @@
+"""Execute the course notebooks top to bottom, time them, and (optionally) keep the outputs.
+
+    python scripts/run_notebooks.py --profile full --write      # refresh committed outputs
+    python scripts/run_notebooks.py --profile smoke             # time only, files untouched
+
+Written outputs are normalised so that re-running changes only what really
+changed: execution timestamps are dropped, cell ids are stable, and the kernel
+metadata is the plain python3 one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def normalise(notebook: nbformat.NotebookNode, stem: str) -> None:
+    notebook.metadata = {
+        "kernelspec": KERNELSPEC,
+        "language_info": {"name": "python"},
+        "colab": {"provenance": []},
+        "accelerator": "GPU",
+    }
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"{stem[:2]}-{index:03d}"
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("ExecuteTime", None)
+
+
+def run(path: Path, profile: str, write: bool, timeout: int) -> float:
+    notebook = nbformat.read(path, as_version=4)
+    os.environ["DPO_EDU_PROFILE"] = profile
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    if write:
+        normalise(notebook, path.stem)
+        nbformat.write(notebook, path)
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=("smoke", "full"), default="full")
+    parser.add_argument("--write", action="store_true", help="keep the outputs in the notebook files")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    args = parser.parse_args()
+    paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    print(f"| notebook | {args.profile} (s) |\n|---|---|")
+    for path in paths:
+        seconds = run(path, args.profile, args.write, args.timeout)
+        print(f"| {path.name} | {seconds:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from dpo_edu.config import PROFILES, get_profile
+from dpo_edu.utils import autocast_dtype, get_device, seed_everything, versions
+
+
+def test_profile_from_environment(monkeypatch):
+    monkeypatch.setenv("DPO_EDU_PROFILE", "smoke")
+    assert get_profile().name == "smoke"
+    monkeypatch.delenv("DPO_EDU_PROFILE")
+    assert get_profile().name == "full"
+    assert get_profile(" Smoke ").name == "smoke"
+
+
+def test_unknown_profile_names_the_allowed_values(monkeypatch):
+    monkeypatch.setenv("DPO_EDU_PROFILE", "huge")
+    with pytest.raises(ValueError, match=r"'huge' \(from \$DPO_EDU_PROFILE\); allowed: full, smoke"):
+        get_profile()
+
+
+def test_profiles_share_fields_and_smoke_is_not_larger():
+    smoke, full = PROFILES["smoke"], PROFILES["full"]
+    for field in ("bt_comparisons", "policy_optimizer_steps", "gradient_check_batches"):
+        assert getattr(smoke, field) <= getattr(full, field)
+
+
+def test_device_override_and_default(monkeypatch):
+    monkeypatch.delenv("DPO_EDU_DEVICE", raising=False)
+    assert get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("DPO_EDU_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+    monkeypatch.delenv("DPO_EDU_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert get_device().type == expected
+    assert autocast_dtype(torch.device("cpu")) is None
+
+
+def test_seed_everything_repeats():
+    seed_everything(3)
+    first = torch.randn(5)
+    generator = seed_everything(3)
+    assert torch.equal(first, torch.randn(5))
+    assert torch.equal(torch.randn(3, generator=generator), torch.randn(3, generator=torch.Generator().manual_seed(3)))
+
+
+def test_versions_lists_core_packages():
+    found = versions()
+    assert found["torch"].startswith("2.") and "python" in found

@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dpo_edu.losses import LOSS_TYPES, dpo_loss, odpo_offset
+
+
+def random_logps(batch=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(-30 * torch.rand(batch, generator=generator, dtype=torch.float64) for _ in range(4))
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.1, 1.0])
+def test_ln2_and_zero_margins_when_policy_equals_reference(beta):
+    chosen, rejected, _, _ = random_logps()
+    losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, chosen.clone(), rejected.clone(), beta)
+    assert torch.allclose(losses, torch.full_like(losses, math.log(2)))
+    assert torch.all(chosen_rewards == 0) and torch.all(rejected_rewards == 0)
+    assert torch.all(chosen_rewards - rejected_rewards == 0)
+
+
+def test_sigmoid_loss_formula_and_rewards():
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected = random_logps()
+    beta = 0.2
+    losses, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    assert torch.allclose(losses, -torch.log(torch.sigmoid(margin)))
+    assert torch.allclose(chosen_rewards, beta * (policy_chosen - ref_chosen))
+    assert torch.allclose(rejected_rewards, beta * (policy_rejected - ref_rejected))
+
+
+def test_rewards_are_detached():
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected = random_logps()
+    policy_chosen.requires_grad_(True)
+    losses, chosen_rewards, _ = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    assert losses.requires_grad and not chosen_rewards.requires_grad
+
+
+def test_autograd_matches_derived_gradient():
+    """d loss / d log pi_w = -beta sigmoid(r_hat_l - r_hat_w) = -d loss / d log pi_l."""
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected = random_logps(seed=1)
+    policy_chosen.requires_grad_(True)
+    policy_rejected.requires_grad_(True)
+    beta = 0.5
+    losses, chosen_rewards, rejected_rewards = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
+    grad_chosen, grad_rejected = torch.autograd.grad(losses.sum(), (policy_chosen, policy_rejected))
+    weight = torch.sigmoid(rejected_rewards - chosen_rewards)
+    assert torch.allclose(grad_chosen, -beta * weight, atol=1e-12)
+    assert torch.allclose(grad_rejected, beta * weight, atol=1e-12)
+    wrong_weight = torch.sigmoid(chosen_rewards - rejected_rewards)
+    assert not torch.allclose(grad_chosen, -beta * wrong_weight, atol=1e-3)
+
+
+def test_label_smoothing_is_cdpo():
+    logps = random_logps(seed=2)
+    beta, eps = 0.1, 0.2
+    losses, chosen_rewards, rejected_rewards = dpo_loss(*logps, beta, label_smoothing=eps)
+    z = chosen_rewards - rejected_rewards
+    expected = -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+    assert torch.allclose(losses, expected)
+    plain, _, _ = dpo_loss(*logps, beta)
+    assert not torch.allclose(losses, plain)
+
+
+def test_ipo_and_hinge_formulas():
+    logps = random_logps(seed=3)
+    beta = 0.25
+    h = (logps[0] - logps[2]) - (logps[1] - logps[3])
+    ipo, _, _ = dpo_loss(*logps, beta, loss_type="ipo")
+    hinge, _, _ = dpo_loss(*logps, beta, loss_type="hinge")
+    assert torch.allclose(ipo, (h - 1 / (2 * beta)) ** 2)
+    assert torch.allclose(hinge, torch.clamp(1 - beta * h, min=0))
+
+
+def test_offset_sits_inside_the_sigmoid():
+    logps = random_logps(seed=4)
+    beta = 0.1
+    offset = torch.linspace(-1, 2, 32, dtype=torch.float64)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(*logps, beta, offset=offset)
+    assert torch.allclose(losses, -F.logsigmoid(chosen_rewards - rejected_rewards - offset))
+    zero, _, _ = dpo_loss(*logps, beta, offset=torch.zeros(32, dtype=torch.float64))
+    plain, _, _ = dpo_loss(*logps, beta)
+    assert torch.allclose(zero, plain)
+
+
+def test_offset_changes_the_gradient():
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected = random_logps(seed=5)
+    gradients = []
+    for offset in (0.0, 1.5):
+        policy = policy_chosen.clone().requires_grad_(True)
+        losses, _, _ = dpo_loss(policy, policy_rejected, ref_chosen, ref_rejected, 0.1, offset=torch.full((32,), offset, dtype=torch.float64))
+        gradients.append(torch.autograd.grad(losses.sum(), policy)[0])
+    assert not torch.allclose(*gradients)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"loss_type": "kto"}, "allowed: sigmoid, ipo, hinge"),
+        ({"beta": 0.0}, "beta must be > 0"),
+        ({"beta": -1.0}, "beta must be > 0"),
+        ({"label_smoothing": 0.5}, "label_smoothing"),
+        ({"loss_type": "ipo", "offset": torch.zeros(4)}, "offset"),
+        ({"loss_type": "hinge", "label_smoothing": 0.1}, "label_smoothing"),
+    ],
+)
+def test_bad_configuration_is_named(kwargs, message):
+    logps = random_logps(batch=4)
+    with pytest.raises(ValueError, match=message):
+        dpo_loss(*logps, **kwargs)
+
+
+def test_shape_mismatch_is_named():
+    a, b, c, d = random_logps(batch=4)
+    with pytest.raises(ValueError, match="ref_rejected_logps"):
+        dpo_loss(a, b, c, d[:3])
+
+
+def test_loss_types_listed():
+    assert LOSS_TYPES == ("sigmoid", "ipo", "hinge")
+
+
+def test_odpo_offset_values_and_ties():
+    chosen = torch.tensor([0.9, 0.5, 0.3, 0.3])
+    rejected = torch.tensor([-0.9, 0.4, 0.3, 0.2995])
+    offset = odpo_offset(chosen, rejected, alpha=2.0)
+    assert torch.isfinite(offset).all()
+    assert offset[0].item() == pytest.approx(2.0 * math.log(1.8), rel=1e-6)
+    assert offset[1].item() == pytest.approx(2.0 * math.log(0.1), rel=1e-5)
+    # a tie and a near-tie below min_gap both get the floor alpha * log(min_gap)
+    assert offset[2].item() == pytest.approx(2.0 * math.log(1e-3), rel=1e-6)
+    assert offset[3].item() == pytest.approx(2.0 * math.log(1e-3), rel=1e-6)
+    losses, _, _ = dpo_loss(*random_logps(batch=4), 0.1, offset=offset)
+    assert torch.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("chosen, rejected", [([0.1, 0.2], [0.0, 0.5]), ([0.1, float("nan")], [0.0, 0.0]), ([float("inf"), 0.0], [0.0, -1.0])])
+def test_odpo_offset_rejects_misordered_or_nonfinite(chosen, rejected):
+    with pytest.raises(ValueError, match="row 1|row 0"):
+        odpo_offset(torch.tensor(chosen), torch.tensor(rejected))

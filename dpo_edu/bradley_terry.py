@@ -71,8 +71,11 @@ def fit_bradley_terry(
     winners, losers: (N,) long item indices in [0, n_items). Returns (n_items,) float64.
 
     The likelihood is convex; L-BFGS with a strong-Wolfe line search finds its
-    maximum. A tiny L2 penalty keeps the scores finite when an item never
-    loses (or never wins), where the unpenalised maximum sits at infinity.
+    maximum. The penalty `l2 * sum(scores**2)` is added to the *summed*
+    negative log-likelihood, so its pull is that of a fraction of a comparison
+    and the fit is the maximum-likelihood one to about 1e-4; it is there only to
+    keep the scores finite when an item never loses (or never wins), where the
+    unpenalised maximum sits at infinity.
     """
     winners = torch.as_tensor(winners, dtype=torch.long)
     losers = torch.as_tensor(losers, dtype=torch.long)
@@ -89,7 +92,8 @@ def fit_bradley_terry(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = -log_likelihood(scores, winners, losers) / n + l2 * scores.pow(2).sum()
+        # divide by n only to keep the numbers near 1 for the optimiser
+        loss = (-log_likelihood(scores, winners, losers) + l2 * scores.pow(2).sum()) / n
         loss.backward()
         return loss
 

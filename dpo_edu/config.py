@@ -16,6 +16,8 @@ PROFILE_ENV_VAR = "DPO_EDU_PROFILE"
 @dataclasses.dataclass(frozen=True)
 class Profile:
     name: str
+    # 00 welcome: side of the square matrices in the device probe
+    device_probe_size: int
     # 01 Bradley-Terry: simulated tournament
     bt_items: int
     bt_comparisons: int
@@ -28,11 +30,13 @@ class Profile:
     # 03 DPO loss: random instances for the sympy-vs-autograd gradient check
     gradient_check_batches: int
     gradient_check_batch_size: int
+    toy_dpo_steps: int  # the 3-response DPO illustration at the end of 03
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
+        device_probe_size=256,
         bt_items=20,
         bt_comparisons=2_000,
         bt_sweep_comparisons=(200, 2_000),
@@ -42,9 +46,11 @@ PROFILES: dict[str, Profile] = {
         policy_random_instances=3,
         gradient_check_batches=2,
         gradient_check_batch_size=8,
+        toy_dpo_steps=50,
     ),
     "full": Profile(
         name="full",
+        device_probe_size=1024,
         bt_items=20,
         bt_comparisons=2_000,
         bt_sweep_comparisons=(100, 300, 1_000, 3_000, 10_000),
@@ -54,6 +60,7 @@ PROFILES: dict[str, Profile] = {
         policy_random_instances=20,
         gradient_check_batches=20,
         gradient_check_batch_size=64,
+        toy_dpo_steps=50,
     ),
 }
 

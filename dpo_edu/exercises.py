@@ -3,8 +3,9 @@
 Each `check_*` takes the learner's answer (a value or a function), tests it
 against the package's own implementation on fresh inputs, prints a one-line
 verdict and returns True; a wrong answer raises AssertionError with a hint.
-An exercise left as `raise NotImplementedError` prints "not attempted yet" and
-returns False, so a notebook still runs top to bottom before it is solved.
+An exercise left as `raise NotImplementedError` (or a value left as None)
+prints "not attempted yet" and returns None, so a notebook still runs top to
+bottom before it is solved, and `assert check_...(...)` fails until it is.
 """
 from __future__ import annotations
 
@@ -27,12 +28,12 @@ def _call(function: Callable, *args: Any) -> Any:
         raise _NotAttempted from error
 
 
-def _verdict(name: str, body: Callable[[], str]) -> bool:
+def _verdict(name: str, body: Callable[[], str]) -> bool | None:
     try:
         detail = body()
     except _NotAttempted:
         print(f"{name}: not attempted yet - fill in the cell above and run it again")
-        return False
+        return None
     print(f"{name}: correct - {detail}")
     return True
 

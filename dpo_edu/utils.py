@@ -11,15 +11,28 @@ import numpy as np
 import torch
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def get_device(prefer: str | None = None) -> torch.device:
-    """Pick CUDA, then Apple's MPS, then CPU; `prefer` (or $DPO_EDU_DEVICE) overrides."""
+    """Pick CUDA, then Apple's MPS, then CPU; `prefer` (or $DPO_EDU_DEVICE) overrides.
+
+    An override naming a device this machine lacks fails here, not later in a run.
+    """
+    source = "argument" if prefer else "$DPO_EDU_DEVICE"
     prefer = prefer or os.environ.get("DPO_EDU_DEVICE")
     if prefer:
-        return torch.device(prefer)
+        device = torch.device(prefer)
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _mps_available()}
+        if not available.get(device.type, False):
+            usable = ", ".join(name for name, ok in available.items() if ok)
+            raise ValueError(f"device {prefer!r} (from {source}) is not available here; usable: {usable}")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
 
@@ -27,7 +40,8 @@ def get_device(prefer: str | None = None) -> torch.device:
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed-precision dtype for `device`: bf16 where the GPU has it, fp16 on other GPUs, None on CPU."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # without including_emulation=False a T4 reports bf16 "supported" (emulated, slow)
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if device.type == "mps":
         return torch.float16
     return None

@@ -27,3 +27,54 @@ def test_optimal_policy_beats_every_perturbation():
     # and the maximum value is beta log Z
     log_partition = torch.logsumexp(torch.log(ref) + rewards / beta, -1)
     assert torch.allclose(best, beta * log_partition)
+
+
+import pytest
+
+from dpo_edu.bandit import sample_preferences, total_variation, train_tabular_dpo
+
+REF = torch.tensor([[0.35, 0.25, 0.2, 0.12, 0.08]], dtype=torch.float64)
+REWARDS = torch.tensor([[-0.5, 0.0, 0.5, 1.0, 1.5]], dtype=torch.float64)  # the best response is the rarest
+
+
+def test_sampled_preferences_follow_bradley_terry():
+    prompts, chosen, rejected = sample_preferences(REWARDS, 50_000, generator=torch.Generator().manual_seed(0))
+    assert torch.all(chosen != rejected) and torch.all(prompts == 0)
+    pair = ((chosen == 4) & (rejected == 0)) | ((chosen == 0) & (rejected == 4))
+    share = ((chosen == 4) & pair).sum() / pair.sum()
+    assert share.item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), abs=0.03)
+
+
+@pytest.fixture(scope="module")
+def preferences():
+    return sample_preferences(REWARDS, 20_000, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0, 3.0])
+def test_dpo_converges_to_the_optimal_policy(preferences, beta):
+    """The issue's bar: 20,000 preferences, K = 5, TV(pi_theta, pi*) <= 0.03 for betas spanning 10x."""
+    target = optimal_policy(REF, REWARDS, beta)
+    policy, history = train_tabular_dpo(REF, *preferences, beta, steps=300, learning_rate=0.1, target=target, record_every=100)
+    assert history[0]["loss"] == pytest.approx(0.693147, abs=1e-6)  # policy == reference at step 0
+    assert history[0]["tv"] > 0.05  # the reference is far from pi*: the test can fail
+    assert total_variation(policy, target).item() <= 0.03
+
+
+def test_deterministic_preferences_dpo_runs_away_ipo_stays_bounded():
+    prompts, chosen, rejected = sample_preferences(REWARDS, 2_000, generator=torch.Generator().manual_seed(2), deterministic=True)
+    for beta in (0.1, 1.0):
+        dpo_policy, dpo_history = train_tabular_dpo(REF, prompts, chosen, rejected, beta, steps=2_000, record_every=500)
+        ipo_policy, ipo_history = train_tabular_dpo(REF, prompts, chosen, rejected, beta, loss_type="ipo", steps=2_000, record_every=500)
+        dpo_rejected = [record["rejected_prob"] for record in dpo_history]
+        ipo_rejected = [record["rejected_prob"] for record in ipo_history]
+        # DPO: the mean probability of a rejected response keeps falling toward 0, whatever beta
+        assert all(later < earlier for earlier, later in zip(dpo_rejected[1:], dpo_rejected[2:]))
+        assert dpo_rejected[-1] < 0.005 and dpo_policy[0, :4].max() < 0.01
+        # IPO: it settles (no change over the last 1,500 steps) at a beta-dependent, non-vanishing value
+        assert abs(ipo_rejected[-1] - ipo_rejected[1]) < 1e-4
+        assert ipo_rejected[-1] > 0.02 and ipo_policy.min() > 5e-4
+
+
+def test_deterministic_ties_are_refused():
+    with pytest.raises(ValueError, match="distinct rewards"):
+        sample_preferences(torch.zeros(1, 3), 10, deterministic=True)

@@ -47,3 +47,17 @@ def test_seed_everything_repeats():
 def test_versions_lists_core_packages():
     found = versions()
     assert found["torch"].startswith("2.") and "python" in found
+
+
+def test_unavailable_device_override_fails_early(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"'cuda' \(from argument\) is not available here; usable: cpu"):
+        get_device("cuda")
+
+
+def test_autocast_ignores_emulated_bf16(monkeypatch):
+    """A T4 emulates bf16: the course must pick fp16 there."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert autocast_dtype(torch.device("cuda")) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert autocast_dtype(torch.device("cuda")) is torch.bfloat16

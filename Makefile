@@ -32,13 +32,14 @@ test-package: setup
 test-notebooks: setup
 	DPO_EDU_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env notebooks
 
-# Re-execute every notebook in the full profile and keep the outputs (commit them).
+# Re-execute every notebook in the full profile, keep the outputs (commit them)
+# and write the measured full-profile time into each notebook's runtime table.
 notebooks: setup
-	$(PY) scripts/run_notebooks.py --profile full --write
+	$(PY) scripts/run_notebooks.py --profile full --write --update-header
 
-# Print each notebook's runtime in the smoke profile (files untouched).
+# Time each notebook in the smoke profile and write it into its runtime table.
 times: setup
-	$(PY) scripts/run_notebooks.py --profile smoke
+	$(PY) scripts/run_notebooks.py --profile smoke --update-header
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -8,12 +8,13 @@ def optimal_policy(ref_probs: torch.Tensor, rewards: torch.Tensor, beta: float) 
     """The maximiser of E_pi[r] - beta KL(pi || pi_ref): pi* = pi_ref exp(r / beta) / Z.
 
     ref_probs, rewards: (..., K) over K responses (ref_probs sum to 1 on the last axis).
+    beta: a float, or a tensor that broadcasts against (..., 1), e.g. (n, 1) for n betas.
     Returns (..., K). Computed as softmax(log pi_ref + r / beta), so Z never overflows.
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
     ref_probs = torch.as_tensor(ref_probs)
     rewards = torch.as_tensor(rewards, dtype=ref_probs.dtype)
+    if not torch.as_tensor(beta).gt(0).all():
+        raise ValueError(f"beta must be > 0, got {beta}")
     return torch.softmax(torch.log(ref_probs) + rewards / beta, dim=-1)
 
 

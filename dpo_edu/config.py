@@ -31,6 +31,15 @@ class Profile:
     gradient_check_batches: int
     gradient_check_batch_size: int
     toy_dpo_steps: int  # the 3-response DPO illustration at the end of 03
+    # 04 log-probs: the memory comparison (V is the real model's vocabulary)
+    memory_batch: int
+    memory_steps: int
+    # 05 bandit: tabular DPO against the closed-form optimum
+    bandit_preferences: int
+    bandit_steps: int
+    bandit_betas: tuple[float, ...]  # the convergence figure and the TV check
+    bandit_sweep_betas: tuple[float, ...]  # final TV vs beta
+    bandit_overfit_steps: int  # deterministic preferences: DPO vs IPO
 
 
 PROFILES: dict[str, Profile] = {
@@ -47,6 +56,13 @@ PROFILES: dict[str, Profile] = {
         gradient_check_batches=2,
         gradient_check_batch_size=8,
         toy_dpo_steps=50,
+        memory_batch=2,
+        memory_steps=32,
+        bandit_preferences=20_000,
+        bandit_steps=300,
+        bandit_betas=(0.3, 1.0, 3.0),
+        bandit_sweep_betas=(0.1, 1.0, 10.0),
+        bandit_overfit_steps=500,
     ),
     "full": Profile(
         name="full",
@@ -61,6 +77,13 @@ PROFILES: dict[str, Profile] = {
         gradient_check_batches=20,
         gradient_check_batch_size=64,
         toy_dpo_steps=50,
+        memory_batch=16,
+        memory_steps=128,
+        bandit_preferences=20_000,
+        bandit_steps=300,
+        bandit_betas=(0.3, 1.0, 3.0),
+        bandit_sweep_betas=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
+        bandit_overfit_steps=2_000,
     ),
 }
 

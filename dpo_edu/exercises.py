@@ -175,3 +175,66 @@ def check_03_gradient_weight(weight: Callable[..., torch.Tensor]) -> bool:
         return "sigmoid(r_hat_l - r_hat_w): largest for the pairs the policy gets wrong, as autograd agrees"
 
     return _verdict("gradient weight", body)
+
+
+# --------------------------------------------------------------- 04 log-probs
+
+def check_04_sequence_logprobs(function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """function(logits (B, T, V), labels (B, T) with -100) -> (B,) summed next-token log-probs."""
+    from .logprobs import sequence_logprobs
+
+    def body() -> str:
+        generator = torch.Generator().manual_seed(5)
+        logits = 3 * torch.randn(3, 12, 50, generator=generator)
+        labels = torch.randint(50, (3, 12), generator=generator)
+        labels[:, :4] = -100
+        labels[2, 9:] = -100
+        _close(_call(function, logits, labels), sequence_logprobs(logits, labels), "sequence log-probs", atol=1e-4)
+        return "shifted by one, masked, summed: equals dpo_edu.logprobs.sequence_logprobs"
+
+    return _verdict("sequence log-probs", body)
+
+
+def check_04_labels(make_labels: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """make_labels(input_ids (B, T), prompt_lengths (B,), attention_mask (B, T)) -> labels (B, T) with -100 on prompt and padding."""
+
+    def body() -> str:
+        input_ids = torch.tensor([[5, 6, 7, 8, 9, 0, 0], [1, 2, 3, 4, 5, 6, 7]])
+        attention_mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
+        prompt_lengths = torch.tensor([2, 4])
+        expected = torch.tensor([[-100, -100, 7, 8, 9, -100, -100], [-100, -100, -100, -100, 5, 6, 7]])
+        got = torch.as_tensor(_call(make_labels, input_ids.clone(), prompt_lengths, attention_mask))
+        assert torch.equal(got, expected), f"expected\n{expected}\ngot\n{got}"
+        return "prompt and padding masked with -100, response tokens kept"
+
+    return _verdict("labels", body)
+
+
+# ------------------------------------------------------------------ 05 bandit
+
+def check_05_total_variation(function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """function(p (..., K), q (..., K)) -> TV distance (...)."""
+    from .bandit import total_variation
+
+    def body() -> str:
+        generator = torch.Generator().manual_seed(6)
+        p = torch.softmax(torch.randn(4, 5, generator=generator, dtype=torch.float64), -1)
+        q = torch.softmax(torch.randn(4, 5, generator=generator, dtype=torch.float64), -1)
+        _close(_call(function, p, q), total_variation(p, q), "TV distance", atol=1e-10)
+        _close(_call(function, p, p), torch.zeros(4, dtype=torch.float64), "TV(p, p)")
+        return "half the L1 distance: 0 for equal policies, at most 1"
+
+    return _verdict("total variation", body)
+
+
+def check_05_ipo_ratio(ratio: Callable[[float, float, float], float]) -> bool:
+    """ratio(ref_w, ref_l, beta) -> pi(y_w) / pi(y_l) where IPO settles when y_w always beats y_l (two responses)."""
+
+    def body() -> str:
+        for ref_w, ref_l, beta in ((0.5, 0.5, 0.1), (0.2, 0.8, 1.0), (0.7, 0.3, 0.25)):
+            expected = ref_w / ref_l * math.exp(1 / (2 * beta))
+            got = float(_call(ratio, ref_w, ref_l, beta))
+            assert abs(got - expected) <= 1e-6 * expected, f"ref=({ref_w}, {ref_l}), beta={beta}: got {got}, expected {expected:.6g}; hint: IPO's loss is 0 at h = 1/(2 beta)"
+        return "pi_w/pi_l = (ref_w/ref_l) exp(1/(2 beta)): finite, unlike DPO's"
+
+    return _verdict("IPO's fixed point", body)

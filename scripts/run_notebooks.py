@@ -2,6 +2,11 @@
 
     python scripts/run_notebooks.py --profile full --write      # refresh committed outputs
     python scripts/run_notebooks.py --profile smoke             # time only, files untouched
+    python scripts/run_notebooks.py --profile smoke --update-header   # ... and write the time into each header
+
+`--update-header` rewrites the notebook's runtime-table row for the profile
+(`| smoke | 12 s | ... |`) with the time just measured, so the tables hold
+measurements, never guesses.
 
 Written outputs are normalised so that re-running changes only what really
 changed: execution timestamps are dropped, cell ids are stable, and the kernel
@@ -36,7 +41,20 @@ def normalise(notebook: nbformat.NotebookNode, stem: str) -> None:
         cell.metadata.pop("ExecuteTime", None)
 
 
-def run(path: Path, profile: str, write: bool, timeout: int) -> float:
+def update_header(notebook: nbformat.NotebookNode, profile: str, seconds: float) -> None:
+    """Put `seconds` in the CPU column of the header's `| profile | ... |` row."""
+    header = notebook.cells[0]
+    lines = header.source.splitlines()
+    rows = [index for index, line in enumerate(lines) if line.replace(" ", "").startswith(f"|{profile}|")]
+    if len(rows) != 1:
+        raise ValueError(f"expected one '| {profile} |' row in the header's runtime table, found {len(rows)}")
+    columns = lines[rows[0]].split("|")
+    columns[2] = f" {seconds:.0f} s "
+    lines[rows[0]] = "|".join(columns)
+    header.source = "\n".join(lines)
+
+
+def run(path: Path, profile: str, write: bool, timeout: int, header: bool = False) -> float:
     notebook = nbformat.read(path, as_version=4)
     os.environ["DPO_EDU_PROFILE"] = profile
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
@@ -45,7 +63,14 @@ def run(path: Path, profile: str, write: bool, timeout: int) -> float:
     seconds = time.perf_counter() - start
     if write:
         normalise(notebook, path.stem)
+    if header:
+        update_header(notebook, profile, seconds)
+    if write:
         nbformat.write(notebook, path)
+    elif header:  # keep the committed outputs: change only the header cell
+        on_disk = nbformat.read(path, as_version=4)
+        on_disk.cells[0].source = notebook.cells[0].source
+        nbformat.write(on_disk, path)
     return seconds
 
 
@@ -53,13 +78,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("smoke", "full"), default="full")
     parser.add_argument("--write", action="store_true", help="keep the outputs in the notebook files")
+    parser.add_argument("--update-header", action="store_true", help="write the measured time into the header's runtime table")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     args = parser.parse_args()
     paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     print(f"| notebook | {args.profile} (s) |\n|---|---|")
     for path in paths:
-        seconds = run(path, args.profile, args.write, args.timeout)
+        seconds = run(path, args.profile, args.write, args.timeout, args.update_header)
         print(f"| {path.name} | {seconds:.0f} |", flush=True)
     return 0
 

@@ -78,3 +78,12 @@ def test_deterministic_preferences_dpo_runs_away_ipo_stays_bounded():
 def test_deterministic_ties_are_refused():
     with pytest.raises(ValueError, match="distinct rewards"):
         sample_preferences(torch.zeros(1, 3), 10, deterministic=True)
+
+
+def test_optimal_policy_takes_a_grid_of_betas():
+    betas = torch.tensor([[0.1], [1.0], [10.0]], dtype=torch.float64)
+    grid = optimal_policy(REF[0], REWARDS[0], betas)
+    for row, beta in enumerate(betas.flatten().tolist()):
+        assert torch.allclose(grid[row], optimal_policy(REF[0], REWARDS[0], beta))
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        optimal_policy(REF[0], REWARDS[0], torch.tensor([[1.0], [0.0]]))

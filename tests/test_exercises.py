@@ -16,12 +16,30 @@ def right_dpo(pc, pr, rc, rr, beta):
     return -F.logsigmoid(beta * ((pc - rc) - (pr - rr)))
 
 
+def _right_logprobs(logits, labels, shift=True):
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    logps = torch.log_softmax(logits, -1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (logps * mask).sum(-1)
+
+
+def _right_labels(input_ids, prompt_lengths, attention_mask):
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    positions = torch.arange(input_ids.shape[1])
+    return labels.masked_fill(positions[None, :] < prompt_lengths[:, None], -100)
+
+
 CASES = [
     (ex.check_00_device_order, lambda cuda, mps: "cuda" if cuda else "mps" if mps else "cpu", lambda cuda, mps: "mps" if mps else "cuda" if cuda else "cpu"),
     (ex.check_01_stable_probability, lambda a, b: torch.sigmoid(a - b), lambda a, b: a.exp() / (a.exp() + b.exp())),
     (ex.check_01_negative_log_likelihood, lambda s, w, l: -F.logsigmoid(s[w] - s[l]).sum(), lambda s, w, l: -F.logsigmoid(s[w] - s[l]).mean()),
     (ex.check_02_optimal_policy, lambda p, r, b: torch.softmax(p.log() + r / b, -1), lambda p, r, b: p * (r / b).exp() / (p * (r / b).exp()).sum()),
     (ex.check_03_dpo_loss, right_dpo, lambda pc, pr, rc, rr, beta: -F.logsigmoid(beta * (pc - pr))),
+    (ex.check_04_sequence_logprobs, lambda z, y: _right_logprobs(z, y), lambda z, y: _right_logprobs(z, y, shift=False)),
+    (ex.check_04_labels, lambda ids, n, m: _right_labels(ids, n, m), lambda ids, n, m: ids.masked_fill(m == 0, -100)),
+    (ex.check_05_total_variation, lambda p, q: 0.5 * (p - q).abs().sum(-1), lambda p, q: (p - q).abs().sum(-1)),
+    (ex.check_05_ipo_ratio, lambda w, l, b: w / l * math.exp(1 / (2 * b)), lambda w, l, b: w / l * math.exp(1 / b)),
     (ex.check_03_gradient_weight, lambda pc, pr, rc, rr, b: torch.sigmoid(b * ((pr - rr) - (pc - rc))), lambda pc, pr, rc, rr, b: torch.sigmoid(b * ((pc - rc) - (pr - rr)))),
 ]
 

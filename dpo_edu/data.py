@@ -5,8 +5,9 @@ masked to -100 and EOS after the response. Chosen and rejected go into one
 padded batch, chosen first, so one forward pass serves both.
 
 Token boundary rule. Tokenising the prompt and the response apart can give
-other tokens than tokenising them together (BPE merges across the seam, e.g.
-"assistant\\n" + "\\n\\nGreat" tokenises "\\n\\n\\n" as one token). So the pair is
+other tokens than tokenising them together (BPE merges across the seam: with SmolLM2's tokenizer
+the prompt's last token "\\n" becomes "\\n\\n" when the response starts with
+"\\n\\n", so the prompt's ids are no longer a prefix). So the pair is
 tokenised *together*, and the prompt's own ids must be an exact prefix of the
 result; otherwise a ValueError says where. For a chat model the prompt goes
 through the chat template with the generation prompt, which ends in a newline,

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import torch
 
-# Rows of the (B*T, V) logits handled at once. With a 49,152-token vocabulary,
-# 256 rows make 50 MB float32 temporaries: a small fraction of the logits of
-# any batch large enough to worry about.
-DEFAULT_CHUNK_ROWS = 256
+# Rows of the (B*T, V) logits handled at once: about 1/16 of them, and at most
+# 256 (with a 49,152-token vocabulary, 50 MB of float32 temporaries), so the
+# temporaries stay a small fraction of the logits for small batches too.
+MAX_CHUNK_ROWS = 256
+
+
+def default_chunk_rows(rows: int) -> int:
+    return max(1, min(MAX_CHUNK_ROWS, -(-rows // 16)))
 
 
 def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +103,7 @@ def sequence_logprobs(
     *,
     ignore_index: int = -100,
     average: bool = False,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Sum (or, with `average`, mean) of log pi(label_t | previous tokens) over scored tokens.
 
@@ -107,12 +111,12 @@ def sequence_logprobs(
     of input_ids with `ignore_index` on prompt and padding. Returns (B,) float32
     (float64 for float64 logits).
     Memory: beyond the logits, only (chunk_rows, V) temporaries in the forward
-    pass, and in the backward pass the logits' gradient (which any version needs).
+    pass (chunk_rows defaults to B*T/16, at most 256), and in the backward pass the logits' gradient (which any version needs).
     bf16 or fp16 logits are upcast to float32 a chunk at a time.
     DPO sums (average=False): the sequence log-prob log pi(y|x) is a sum, and
     the DPO derivation needs exactly that quantity.
     """
-    if chunk_rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
         raise ValueError(f"expected logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} and {tuple(labels.shape)}")
@@ -125,5 +129,6 @@ def sequence_logprobs(
     batch, steps, vocab = logits.shape
     flat_logits = logits.reshape(batch * steps, vocab)  # a view of contiguous logits
     flat_labels = next_labels.masked_fill(~mask, 0).reshape(-1)
+    chunk_rows = chunk_rows or default_chunk_rows(batch * steps)
     token_logps = _TokenLogprobs.apply(flat_logits, flat_labels, chunk_rows).view(batch, steps)
     return _reduce(token_logps, mask, average)

@@ -6,8 +6,10 @@ CUDA: torch's allocator statistics. CPU: the process's peak resident set size
 back to the system: glibc does that for blocks above its mmap threshold, but it
 raises that threshold as the program runs (up to 32 MB), after which freed
 blocks below it stay in a heap that the next allocation reuses unseen. So
-`peak_memory` pins the threshold at 64 KiB (glibc's mallopt) before measuring;
-this stays in force for the process, at a small cost in allocation speed.
+`peak_memory` pins the threshold at 64 KiB (glibc's mallopt) and returns the
+heaps' free pages to the system (malloc_trim) before measuring; the threshold
+stays in force for the process, at a small cost in allocation speed. A fresh
+process (`compare_logprobs_memory`) is still the cleanest measurement.
 Elsewhere (macOS, Windows, MPS) the CPU number is not available and
 `peak_memory` raises.
 """
@@ -39,11 +41,13 @@ def cpu_peak_supported() -> bool:
     return _STATUS.exists() and _CLEAR_REFS.exists()
 
 
-def _pin_mmap_threshold(size: int = 64 * 1024) -> bool:
-    """Make glibc mmap (and so return when freed) every block above `size`. False if not glibc."""
+def _prepare_glibc(size: int = 64 * 1024) -> bool:
+    """Make glibc mmap (and so return when freed) every block above `size`, and hand
+    back the free memory its heaps already hold (malloc_trim), so that reusing it
+    counts as new resident memory again. False if this is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, size))
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, size)) and bool(libc.malloc_trim(0) >= 0)
     except (OSError, AttributeError):
         return False
 
@@ -67,8 +71,8 @@ def peak_memory(work: Callable[[], Any], device: torch.device | str = "cpu") -> 
         raise RuntimeError(f"peak memory is measured on CUDA or a Linux CPU, not on {device.type}")
     if not cpu_peak_supported():
         raise RuntimeError("peak CPU memory needs Linux's /proc/self/status and /proc/self/clear_refs")
-    _pin_mmap_threshold()
     gc.collect()
+    _prepare_glibc()
     _CLEAR_REFS.write_text("5")  # reset VmHWM to the current resident size
     before = _status_bytes("VmRSS")
     result = work()

@@ -1,0 +1,243 @@
+"""The DPO training loop, on Hugging Face accelerate.
+
+One file, top to bottom, like nanoGPT's train.py:
+
+1. `TrainConfig`: every knob, checked before any work starts.
+2. Tokenise the (prompt, chosen, rejected) examples (`dpo_edu.data`).
+3. Reference log-probs, computed ONCE with the model as it is before training
+   (the policy starts as the reference), so no second copy of the model sits in
+   memory during training.
+4. The loop: chosen and rejected in one forward pass, `dpo_loss`, AdamW with a
+   linear warm-up and decay, gradient clipping, gradient accumulation; one line of
+   metrics per optimizer step (to a list, and to metrics.jsonl if asked).
+
+`Accelerator` places the model and batches on the device, uses bf16 where the
+GPU has it (else fp16 with loss scaling), and lets the same loop run under
+`accelerate launch` on several GPUs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import collate_preferences, split_chosen_rejected, tokenize_preference
+from .logprobs import sequence_logprobs
+from .losses import LOSS_TYPES, dpo_loss
+from .utils import autocast_dtype, get_device, seed_everything
+
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+METRIC_NAMES = (
+    "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+    "logps/chosen", "logps/rejected", "grad_norm", "lr", "tokens_per_second",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    batch_size: int = 8  # preference pairs per optimizer step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    epochs: int = 1
+    max_steps: int | None = None  # stop early after this many optimizer steps
+    warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    max_prompt_length: int = 64
+    mixed_precision: str = "auto"  # auto: bf16 / fp16 on GPUs, none on CPU
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.beta > 0:
+            problems.append(f"beta must be > 0, got {self.beta}")
+        if self.loss_type not in LOSS_TYPES:
+            problems.append(f"loss_type {self.loss_type!r} is not one of: {', '.join(LOSS_TYPES)}")
+        if not 0 <= self.label_smoothing < 0.5:
+            problems.append(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision {self.mixed_precision!r} is not one of: {', '.join(MIXED_PRECISION)}")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("batch_size", "gradient_accumulation_steps", "epochs", "max_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % max(self.gradient_accumulation_steps, 1):
+            problems.append(f"batch_size {self.batch_size} must be a multiple of gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if not 1 <= self.max_prompt_length < self.max_length:
+            problems.append(f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} with max_length {self.max_length}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.gradient_accumulation_steps
+
+
+def resolve_mixed_precision(setting: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' or 'fp16' on a GPU (as `autocast_dtype` picks), 'no' on CPU."""
+    if setting != "auto":
+        return setting
+    dtype = autocast_dtype(device) if device.type == "cuda" else None
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, features: list[dict]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.features[index], "index": index}
+
+
+def _loader(features: list[dict], batch_size: int, pad_token_id: int, *, shuffle: bool, seed: int) -> DataLoader:
+    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate_preferences(items, pad_token_id)
+        batch["index"] = torch.tensor([item["index"] for item in items])
+        return batch
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(_Pairs(features), batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass over the 2B rows (chosen first): returns chosen and rejected sequence log-probs, each (B,)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return split_chosen_rejected(sequence_logprobs(logits, batch["labels"]))
+
+
+@torch.no_grad()
+def reference_logps(model, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of every pair under `model` as it is now, in eval mode: (N,) chosen, (N,) rejected (on CPU)."""
+    was_training = model.training
+    model.eval()
+    n = len(loader.dataset)
+    chosen, rejected = torch.zeros(n), torch.zeros(n)
+    for batch in loader:
+        chosen_logps, rejected_logps = pair_logps(model, batch)
+        chosen[batch["index"].cpu()] = chosen_logps.float().cpu()
+        rejected[batch["index"].cpu()] = rejected_logps.float().cpu()
+    model.train(was_training)
+    return chosen, rejected
+
+
+def train_dpo(
+    model,
+    tokenizer,
+    examples: list[dict[str, Any]],
+    config: TrainConfig,
+    *,
+    metrics_path: str | Path | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train `model` in place with DPO on `examples` ({"prompt", "chosen", "rejected"}); return the metrics per step.
+
+    The model's current weights are the reference. `on_step(record)` is called
+    after every optimizer step (evaluation hooks, early stopping by raising).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    seed_everything(config.seed)
+    if not examples:
+        raise ValueError("no training examples")
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    features = [
+        tokenize_preference(tokenizer, example, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+        for example in examples
+    ]
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(config.mixed_precision, get_device()),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    )
+    train_loader = _loader(features, config.micro_batch_size, pad_token_id, shuffle=True, seed=config.seed)
+    reference_loader = _loader(features, config.micro_batch_size, pad_token_id, shuffle=False, seed=config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    model, optimizer, train_loader, reference_loader = accelerator.prepare(model, optimizer, train_loader, reference_loader)
+
+    with accelerator.autocast():
+        ref_chosen, ref_rejected = reference_logps(model, reference_loader)  # before any update: the reference
+
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+    # not passed to accelerator.prepare: we step it once per optimizer step ourselves
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=min(config.warmup_steps, total_steps), num_training_steps=total_steps)
+
+    history: list[dict[str, float]] = []
+    metrics_file = open(metrics_path, "a", encoding="utf-8") if metrics_path else None
+    bar = tqdm(total=total_steps, desc="DPO", disable=not (progress and accelerator.is_main_process))
+    sums: dict[str, float] = {}
+    tokens, started = 0, time.perf_counter()
+    model.train()
+    try:
+        for epoch in range(config.epochs):
+            for batch in train_loader:
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        policy_chosen, policy_rejected = pair_logps(model, batch)
+                    index = batch["index"].cpu()
+                    losses, chosen_rewards, rejected_rewards = dpo_loss(
+                        policy_chosen.float(), policy_rejected.float(),
+                        ref_chosen[index].to(policy_chosen.device), ref_rejected[index].to(policy_chosen.device),
+                        config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+                    )
+                    loss = losses.mean()
+                    accelerator.backward(loss)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if accelerator.sync_gradients else None
+                    optimizer.step()
+                    optimizer.zero_grad()
+
+                micro = {
+                    "loss": loss.item(),
+                    "rewards/chosen": chosen_rewards.mean().item(),
+                    "rewards/rejected": rejected_rewards.mean().item(),
+                    "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+                    "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+                    "logps/chosen": policy_chosen.detach().mean().item(),
+                    "logps/rejected": policy_rejected.detach().mean().item(),
+                }
+                for name, value in micro.items():
+                    sums[name] = sums.get(name, 0.0) + value / config.gradient_accumulation_steps
+                tokens += int(batch["attention_mask"].sum())
+                if not accelerator.sync_gradients:
+                    continue
+                elapsed = time.perf_counter() - started
+                record = {
+                    "step": len(history) + 1, "epoch": epoch, **sums,
+                    "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_second": tokens / max(elapsed, 1e-9),
+                }
+                scheduler.step()
+                history.append(record)
+                if metrics_file:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
+                if on_step:
+                    on_step(record)
+                sums, tokens, started = {}, 0, time.perf_counter()
+                if len(history) >= total_steps:
+                    return history
+        return history
+    finally:
+        bar.close()
+        if metrics_file:
+            metrics_file.close()

@@ -1,0 +1,80 @@
+"""The trainer on a tiny random Llama (fast); the full run on the real model is notebook 06's job."""
+import json
+import math
+
+import pytest
+import torch
+
+from dpo_edu.train import METRIC_NAMES, TrainConfig, train_dpo
+
+EXAMPLES = [
+    {"prompt": "Review:", "chosen": "A wonderful film, I loved it.", "rejected": "Awful and dull."},
+    {"prompt": "Your verdict?", "chosen": "Moving and beautiful.", "rejected": "A boring mess from start to end."},
+    {"prompt": "Was it good?", "chosen": "Yes, a delight.", "rejected": "No."},
+    {"prompt": "One line on the plot:", "chosen": "Two friends rebuild a boat and their lives.", "rejected": "Stuff happens, then more stuff."},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from dpo_edu.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+def tiny_model(tokenizer, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+def test_first_step_is_ln2_with_zero_margins_and_loss_falls(tokenizer, tmp_path):
+    model = tiny_model(tokenizer)
+    config = TrainConfig(beta=0.1, learning_rate=5e-3, batch_size=4, epochs=30, warmup_steps=0, max_length=64, max_prompt_length=48)
+    history = train_dpo(model, tokenizer, EXAMPLES, config, metrics_path=tmp_path / "metrics.jsonl", progress=False)
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert history[-1]["loss"] < 0.5 * math.log(2) and history[-1]["rewards/accuracies"] == 1.0
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(history) == 30
+    assert all(set(METRIC_NAMES) <= set(line) for line in lines)
+    assert all(math.isfinite(line["grad_norm"]) and line["tokens_per_second"] > 0 for line in lines)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tokenizer):
+    """batch 4 in one go == 2 micro-batches of 2 (accelerate scales the loss), after one step."""
+    weights = []
+    for accumulation in (1, 2):
+        model = tiny_model(tokenizer, seed=1)
+        config = TrainConfig(learning_rate=1e-3, batch_size=4, gradient_accumulation_steps=accumulation, max_steps=1,
+                             warmup_steps=0, max_length=64, max_prompt_length=48, seed=3)
+        history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False)
+        assert len(history) == 1
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
+def test_same_seed_same_metrics(tokenizer):
+    runs = []
+    for _ in range(2):
+        config = TrainConfig(learning_rate=1e-3, batch_size=2, epochs=2, warmup_steps=1, max_length=64, max_prompt_length=48, seed=7)
+        runs.append(train_dpo(tiny_model(tokenizer, seed=2), tokenizer, EXAMPLES, config, progress=False))
+    assert [r["loss"] for r in runs[0]] == [r["loss"] for r in runs[1]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"beta": 0}, "beta must be > 0"),
+        ({"loss_type": "kto"}, "not one of: sigmoid, ipo, hinge"),
+        ({"mixed_precision": "fp8"}, "not one of: auto, no, fp16, bf16"),
+        ({"batch_size": 6, "gradient_accumulation_steps": 4}, "multiple of gradient_accumulation_steps"),
+        ({"max_prompt_length": 200, "max_length": 128}, "max_prompt_length"),
+    ],
+)
+def test_bad_config_fails_before_any_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)

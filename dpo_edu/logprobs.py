@@ -27,10 +27,14 @@ def default_chunk_rows(rows: int) -> int:
     return max(1, min(MAX_CHUNK_ROWS, -(-rows // 16)))
 
 
-def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align: logits[:, t] predicts labels[:, t + 1]. Returns (B, T-1, V) logits and (B, T-1) labels."""
+def _check_shapes(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
         raise ValueError(f"expected logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+
+
+def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align: logits[:, t] predicts labels[:, t + 1]. Returns (B, T-1, V) logits and (B, T-1) labels."""
+    _check_shapes(logits, labels)
     return logits[:, :-1, :], labels[:, 1:]
 
 
@@ -118,8 +122,7 @@ def sequence_logprobs(
     """
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
-        raise ValueError(f"expected logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    _check_shapes(logits, labels)
     # Shift the labels, not the logits: slicing logits[:, :-1] and flattening it
     # would copy all of them. The last position of each row predicts nothing and
     # is masked out instead.

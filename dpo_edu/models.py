@@ -121,14 +121,17 @@ def _from_gguf(gguf: Path):
     return cached_model_dir()
 
 
+def _loadable(name_or_path: str | os.PathLike | None) -> str:
+    """A folder or hub id that `from_pretrained` can load: a GGUF is converted into the cache first."""
+    source, where = resolve_model_source(name_or_path)
+    return str(_from_gguf(Path(where))) if source == "gguf" else where
+
+
 def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     """The tokenizer of the course model (or of `name_or_path`), resolved as above."""
     from transformers import AutoTokenizer
 
-    source, where = resolve_model_source(name_or_path)
-    if source == "gguf":
-        where = str(_from_gguf(Path(where)))
-    return AutoTokenizer.from_pretrained(where)
+    return AutoTokenizer.from_pretrained(_loadable(name_or_path))
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, *, device=None):
@@ -142,9 +145,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None):
 
     from .utils import get_device
 
-    source, where = resolve_model_source(name_or_path)
-    if source == "gguf":
-        where = str(_from_gguf(Path(where)))
+    where = _loadable(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(where)
     model = AutoModelForCausalLM.from_pretrained(where, dtype="float32")
     return model.to(device or get_device()), tokenizer

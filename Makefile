@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lab test test-package test-notebooks notebooks times clean
+.PHONY: setup lab run test test-package test-notebooks notebooks times clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,15 @@ $(STAMP): pyproject.toml
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
+
+# The full DPO run (notebook 06's pipeline) into a new run directory:
+#   make run                                   full profile, runs/dpo
+#   make run PROFILE=smoke OUT=runs/try1       any profile and directory
+# An existing run directory is never overwritten (pass ARGS=--overwrite to replace it).
+PROFILE ?= full
+OUT     ?= runs/dpo
+run: setup
+	$(VENV)/bin/dpo-edu run --profile $(PROFILE) --out $(OUT) $(ARGS)
 
 # The package's tests, then every notebook top to bottom (nbval, smoke profile).
 test: setup

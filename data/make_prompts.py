@@ -2,119 +2,21 @@
 
     python data/make_prompts.py            # rewrites both files, byte for byte the same each time
 
-How they are made: every opening fills one of the templates below with an
-invented film title, a genre and (for some templates) a scene or an
-expectation. All the word lists are written for this course; the titles are
-made up, so no real film's reviews leak in. The templates are varied in tone on
-purpose (enthusiastic, hostile, neutral, mixed, undecided) and stop mid-sentence,
-so the sentiment of the continuation is left open: the reference policy's
-continuations then land on both sides of neutral, leaving room for DPO to push
-them positive.
-
-Held-out openings use titles that never appear in training, so a policy cannot
-do well on them by remembering a title. Each line is {"prompt": "...", "tone": "..."};
-`tone` is the template's, for reporting only (the reward never sees it).
+How they are made (templates, invented titles, tones, the title-disjoint
+split): see `dpo_edu/prompts.py`, the one source of the generator.
 """
 from __future__ import annotations
 
-import itertools
 import json
-import random
 from pathlib import Path
 
-SEED = 2024
-N_TRAIN, N_HELDOUT = 640, 240
+from dpo_edu.prompts import make_prompts
+
 HERE = Path(__file__).resolve().parent
-
-ADJECTIVES = [
-    "Last", "Silent", "Broken", "Hollow", "Golden", "Crimson", "Paper", "Midnight", "Distant", "Burning",
-    "Quiet", "Frozen", "Velvet", "Iron", "Glass", "Wild", "Lonely", "Electric", "Forgotten", "Bitter",
-]
-NOUNS = [
-    "Harbor", "Static", "Moons", "Rivers", "Orchard", "Signal", "Kingdom", "Summer", "Letters", "Engine",
-    "Garden", "Frontier", "Lanterns", "Tide", "Alibi", "Parade", "Winter", "Compass", "Choir", "Horizon",
-]
-GENRES = [
-    "thriller", "romantic comedy", "animated feature", "war drama", "horror film", "documentary", "science-fiction epic",
-    "musical", "western", "heist movie", "coming-of-age story", "biopic", "courtroom drama", "disaster movie",
-    "family comedy", "spy thriller", "period piece", "superhero movie", "mystery", "sports drama",
-]
-SCENES = [
-    "an empty train station", "a crowded wedding", "a burning farmhouse", "two strangers on a rooftop",
-    "a child drawing on a steamed-up window", "a storm over the sea", "a courtroom at dawn", "a dog waiting by a door",
-]
-EXPECTATIONS = ["very little", "a masterpiece", "a fun evening", "a disaster", "another tired sequel", "something different"]
-
-TEMPLATES = {
-    "positive": [
-        "From its very first scene, {title} had me",
-        "I did not expect a {genre} to move me this much, but {title}",
-        "{title} is the rare {genre} that",
-        "I have already seen {title} twice, and",
-        "Bring tissues to {title}, because",
-    ],
-    "negative": [
-        "I wanted to like {title}, a {genre} I had waited months for, but",
-        "The best thing I can say about {title} is that",
-        "Two hours of {title} left me",
-        "Everyone told me {title} was a masterpiece. After watching it,",
-        "I walked out of {title} halfway through, because",
-    ],
-    "neutral": [
-        "{title} is a {genre} that runs just under two hours and",
-        "{title} opens with a long, quiet shot of {scene}, and",
-        "The new {genre} {title} follows a family over one summer, and",
-        "I saw {title} on a Tuesday afternoon in a half-empty theater, and",
-        "Like most {genre}s, {title} begins with {scene}; from there",
-    ],
-    "mixed": [
-        "The trailer for {title} promised {expectation}, but",
-        "{title} has a brilliant first act and",
-        "As a longtime fan of the {genre}, I found {title}",
-        "The acting in {title} is strong, yet",
-        "I went into {title} expecting {expectation}, and",
-    ],
-    "undecided": [
-        "Let me be honest about {title}:",
-        "By the halfway mark of {title},",
-        "It is hard to describe {title} without",
-        "My friends and I argued about {title} all the way home;",
-        "What stays with me about {title} is",
-    ],
-}
-
-
-def article_fixed(text: str) -> str:
-    """'a animated feature' -> 'an animated feature'."""
-    for vowel in "aeiou":
-        text = text.replace(f" a {vowel}", f" an {vowel}").replace(f"A {vowel}", f"An {vowel}")
-    return text
-
-
-def openings(titles: list[str], count: int, rng: random.Random) -> list[dict[str, str]]:
-    """`count` distinct openings, tones in equal shares, drawn with `rng` from `titles`."""
-    tones = list(TEMPLATES)
-    chosen: dict[str, dict[str, str]] = {}
-    for tone in itertools.cycle(tones):
-        if len(chosen) >= count:
-            break
-        template = rng.choice(TEMPLATES[tone])
-        text = template.format(
-            title=rng.choice(titles), genre=rng.choice(GENRES), scene=rng.choice(SCENES), expectation=rng.choice(EXPECTATIONS)
-        )
-        text = article_fixed(text)
-        chosen.setdefault(text, {"prompt": text, "tone": tone})
-    return list(chosen.values())
 
 
 def main() -> None:
-    rng = random.Random(SEED)
-    titles = [f"{adjective} {noun}" for adjective in ADJECTIVES for noun in NOUNS]
-    rng.shuffle(titles)
-    split = int(0.75 * len(titles))
-    train_titles, heldout_titles = titles[:split], titles[split:]
-    splits = {"train": openings(train_titles, N_TRAIN, rng), "heldout": openings(heldout_titles, N_HELDOUT, rng)}
-    for name, rows in splits.items():
+    for name, rows in make_prompts().items():
         path = HERE / f"prompts_{name}.jsonl"
         with path.open("w", encoding="utf-8", newline="\n") as file:
             for row in rows:

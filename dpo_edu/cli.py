@@ -1,6 +1,7 @@
 """The `dpo-edu` command.
 
     dpo-edu verify     check every derivation step with sympy, and that each known slip fails
+    dpo-edu run        the full DPO run: pairs -> training -> evaluation -> report (see dpo_edu.run)
 """
 from __future__ import annotations
 
@@ -24,13 +25,32 @@ def verify() -> int:
     return 0 if good else 1
 
 
+def run(args: argparse.Namespace) -> int:
+    from .run import run as run_pipeline
+
+    try:
+        summary = run_pipeline(args.profile, args.out, model=args.model, overwrite=args.overwrite, progress=not args.quiet)
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"dpo-edu run: {error}", file=sys.stderr)
+        return 2
+    return 0 if summary["steps"] > 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dpo-edu", description="The dpo-edu course's command line.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="check every derivation step with sympy, and that each known slip fails")
+    run_parser = commands.add_parser("run", help="the full DPO run: pairs -> training -> evaluation -> report")
+    run_parser.add_argument("--profile", choices=("smoke", "full"), default=None, help="sizes (default: $DPO_EDU_PROFILE, else full)")
+    run_parser.add_argument("--out", default="runs/dpo", help="the run directory to create (default: runs/dpo)")
+    run_parser.add_argument("--model", default=None, help="a saved model folder or hub id (default: SmolLM2-135M-Instruct)")
+    run_parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty run directory")
+    run_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.command == "verify":
         return verify()
+    if args.command == "run":
+        return run(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

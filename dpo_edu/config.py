@@ -40,6 +40,23 @@ class Profile:
     bandit_betas: tuple[float, ...]  # the convergence figure and the TV check
     bandit_sweep_betas: tuple[float, ...]  # final TV vs beta
     bandit_overfit_steps: int  # deterministic preferences: DPO vs IPO
+    # 06 full run (`dpo-edu run`): pairs from the reference, DPO, held-out evaluation
+    run_train_prompts: int  # training openings used (of 640)
+    run_samples_per_prompt: int  # k completions sampled per opening
+    run_pairing: str  # "best_vs_worst" or "all" (dpo_edu.generation.make_pairs)
+    run_min_gap: float  # pairs whose VADER scores differ by less are dropped
+    run_max_new_tokens: int  # completion length, for pairs and evaluation alike
+    run_heldout_prompts: int  # held-out openings evaluated (of 240)
+    run_sample_batch_size: int  # rows per generate() call
+    run_eval_every: int  # optimizer steps between held-out evaluations (and the last step)
+    run_beta: float
+    run_learning_rate: float
+    run_batch_size: int  # pairs per optimizer step
+    run_epochs: int
+    run_warmup_steps: int
+    run_max_length: int  # tokens of prompt + completion
+    run_max_prompt_length: int
+    run_seed: int
 
 
 PROFILES: dict[str, Profile] = {
@@ -63,6 +80,22 @@ PROFILES: dict[str, Profile] = {
         bandit_betas=(0.3, 1.0, 3.0),
         bandit_sweep_betas=(0.1, 1.0, 10.0),
         bandit_overfit_steps=500,
+        run_train_prompts=16,
+        run_samples_per_prompt=4,
+        run_max_new_tokens=12,
+        run_heldout_prompts=16,
+        run_eval_every=2,
+        run_batch_size=4,
+        run_epochs=1,
+        run_warmup_steps=1,
+        run_pairing="best_vs_worst",
+        run_min_gap=0.1,
+        run_sample_batch_size=64,
+        run_beta=0.1,
+        run_learning_rate=5e-5,
+        run_max_length=64,
+        run_max_prompt_length=32,
+        run_seed=0,
     ),
     "full": Profile(
         name="full",
@@ -84,6 +117,22 @@ PROFILES: dict[str, Profile] = {
         bandit_betas=(0.3, 1.0, 3.0),
         bandit_sweep_betas=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
         bandit_overfit_steps=2_000,
+        run_train_prompts=640,
+        run_samples_per_prompt=4,
+        run_max_new_tokens=32,
+        run_heldout_prompts=240,
+        run_eval_every=20,
+        run_batch_size=8,
+        run_epochs=1,
+        run_warmup_steps=10,
+        run_pairing="best_vs_worst",
+        run_min_gap=0.1,
+        run_sample_batch_size=64,
+        run_beta=0.1,
+        run_learning_rate=5e-5,
+        run_max_length=64,
+        run_max_prompt_length=32,
+        run_seed=0,
     ),
 }
 

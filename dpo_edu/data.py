@@ -9,10 +9,12 @@ other tokens than tokenising them together (BPE merges across the seam: with Smo
 the prompt's last token "\\n" becomes "\\n\\n" when the response starts with
 "\\n\\n", so the prompt's ids are no longer a prefix). So the pair is
 tokenised *together*, and the prompt's own ids must be an exact prefix of the
-result; otherwise a ValueError says where. For a chat model the prompt goes
-through the chat template with the generation prompt, which ends in a newline,
-and the response's leading whitespace is dropped: after that the seam is clean
-(tested on the real tokenizer).
+result; otherwise a ValueError says where. When the prompt as the model sees it
+ends in whitespace (the chat template with the generation prompt ends in a
+newline), the response's leading whitespace is dropped: after that the seam is
+clean (tested on the real tokenizer). A plain-text prompt that ends in a word
+("..., because") keeps the response's leading space: " I cried" is how the
+model itself continues it.
 """
 from __future__ import annotations
 
@@ -57,8 +59,8 @@ def tokenize_pair(
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
     chat = use_chat_template if use_chat_template is not None else getattr(tokenizer, "chat_template", None) is not None
     prompt_text = format_prompt(tokenizer, prompt, use_chat_template=chat)
-    if chat:
-        response = response.lstrip()  # the template ends in "\n": see the module docstring
+    if prompt_text[-1:].isspace():
+        response = response.lstrip()  # e.g. the chat template's final "\n": see the module docstring
     prompt_ids = _encode(tokenizer, prompt_text)
     joint_ids = _encode(tokenizer, prompt_text + response)
     if joint_ids[: len(prompt_ids)] != prompt_ids:

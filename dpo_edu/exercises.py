@@ -238,3 +238,39 @@ def check_05_ipo_ratio(ratio: Callable[[float, float, float], float]) -> bool:
         return "pi_w/pi_l = (ref_w/ref_l) exp(1/(2 beta)): finite, unlike DPO's"
 
     return _verdict("IPO's fixed point", body)
+
+
+# ---------------------------------------------------------------- 06 full run
+
+def check_06_win_rate(function: Callable[[list, list], float]) -> bool:
+    """function(policy_rewards, reference_rewards) -> the fraction of prompts the policy wins, ties counting 1/2."""
+    from .evaluate import win_rate
+
+    def body() -> str:
+        generator = torch.Generator().manual_seed(6)
+        for n in (1, 7, 50):
+            # rewards on a coarse grid, so ties happen (VADER gives many exact zeros)
+            policy = (torch.randint(-2, 3, (n,), generator=generator) / 2).tolist()
+            reference = (torch.randint(-2, 3, (n,), generator=generator) / 2).tolist()
+            got, expected = float(_call(function, policy, reference)), win_rate(policy, reference)
+            assert math.isclose(got, expected, abs_tol=1e-9), (
+                f"for {n} prompts got {got:.4f}, expected {expected:.4f}; does a tie count one half?")
+        return "wins count 1, ties 1/2, losses 0"
+
+    return _verdict("win rate", body)
+
+
+def check_06_kl_estimate(function: Callable[[torch.Tensor, torch.Tensor], float]) -> bool:
+    """function(policy_logps, reference_logps) -> KL(policy || reference) estimated from the policy's own samples."""
+
+    def body() -> str:
+        generator = torch.Generator().manual_seed(7)
+        reference_logps = -20 + 5 * torch.rand(64, generator=generator)
+        policy_logps = reference_logps + torch.randn(64, generator=generator).abs()
+        got = float(_call(function, policy_logps, reference_logps))
+        expected = (policy_logps - reference_logps).mean().item()
+        assert not math.isclose(got, -expected, rel_tol=1e-6), "the sign is flipped: KL(pi || pi_ref) averages log pi - log pi_ref"
+        assert math.isclose(got, expected, rel_tol=1e-6), f"got {got:.4f}, expected {expected:.4f}: the mean over samples of log pi(y|x) - log pi_ref(y|x)"
+        return "the mean log-ratio over the policy's own samples"
+
+    return _verdict("KL estimate", body)

@@ -55,6 +55,7 @@ class TrainConfig:
     max_length: int = 128
     max_prompt_length: int = 64
     mixed_precision: str = "auto"  # auto: bf16 / fp16 on GPUs, none on CPU
+    use_chat_template: bool | None = None  # None: if the tokenizer has one; False: plain-text continuation
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -160,7 +161,10 @@ def train_dpo(
         raise ValueError("no training examples")
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     features = [
-        tokenize_preference(tokenizer, example, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+        tokenize_preference(
+            tokenizer, example, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+            use_chat_template=config.use_chat_template,
+        )
         for example in examples
     ]
     accelerator = Accelerator(
@@ -225,14 +229,14 @@ def train_dpo(
                     "tokens_per_second": tokens / max(elapsed, 1e-9),
                 }
                 scheduler.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
+                if on_step:
+                    record.update(on_step(record) or {})
                 history.append(record)
                 if metrics_file:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
-                if on_step:
-                    on_step(record)
                 sums, tokens, started = {}, 0, time.perf_counter()
                 if len(history) >= total_steps:
                     return history

@@ -40,6 +40,8 @@ CASES = [
     (ex.check_04_labels, lambda ids, n, m: _right_labels(ids, n, m), lambda ids, n, m: ids.masked_fill(m == 0, -100)),
     (ex.check_05_total_variation, lambda p, q: 0.5 * (p - q).abs().sum(-1), lambda p, q: (p - q).abs().sum(-1)),
     (ex.check_05_ipo_ratio, lambda w, l, b: w / l * math.exp(1 / (2 * b)), lambda w, l, b: w / l * math.exp(1 / b)),
+    (ex.check_06_win_rate, lambda p, r: sum((a > b) + 0.5 * (a == b) for a, b in zip(p, r)) / len(p), lambda p, r: sum(a > b for a, b in zip(p, r)) / len(p)),
+    (ex.check_06_kl_estimate, lambda p, r: (p - r).mean(), lambda p, r: (r - p).mean()),
     (ex.check_03_gradient_weight, lambda pc, pr, rc, rr, b: torch.sigmoid(b * ((pr - rr) - (pc - rc))), lambda pc, pr, rc, rr, b: torch.sigmoid(b * ((pc - rc) - (pr - rr)))),
 ]
 

@@ -1,0 +1,117 @@
+"""Measure a policy against its reference on held-out prompts.
+
+Three numbers, as in the DPO paper's sentiment experiment:
+
+* mean reward (VADER) of the policy's samples, with its standard error;
+* win rate: on each held-out prompt the policy's sample against an
+  independent sample of the reference (ties count one half);
+* the sequence-level KL(policy || reference), estimated from the policy's own
+  samples y ~ pi(.|x):  KL = E_x E_y [log pi(y|x) - log pi_ref(y|x)].
+  The samples stop at EOS or after max_new_tokens tokens, so this is the KL of
+  the two distributions over such truncated completions, which is a KL all the
+  same: non-negative, and 0 only when the two agree.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .data import IGNORE_INDEX
+from .generation import Samples, sample_completions
+from .logprobs import sequence_logprobs
+from .rewards import sentiment_rewards
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """Sample mean and its standard error (sample SD / sqrt(n)); SE is nan for n < 2."""
+    values = [float(v) for v in values]
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_and_se of no values")
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]) -> float:
+    """Fraction of paired samples where the policy's reward is higher; a tie counts 1/2."""
+    if len(policy_rewards) != len(reference_rewards) or not policy_rewards:
+        raise ValueError(f"win_rate needs two equally long, non-empty lists, got {len(policy_rewards)} and {len(reference_rewards)}")
+    wins = sum((p > r) + 0.5 * (p == r) for p, r in zip(policy_rewards, reference_rewards))
+    return wins / len(policy_rewards)
+
+
+@torch.no_grad()
+def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token_id: int = 0) -> torch.Tensor:
+    """log pi(completion | prompt) of every sample under `model`, summed over the completion's tokens: (N,) on CPU.
+
+    Uses the sampled token ids themselves (not a re-tokenisation of the text),
+    so the policy's and the reference's log-probs are of exactly the same sequence.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = torch.zeros(len(samples.completion_ids))
+    for start in range(0, len(out), batch_size):
+        rows = range(start, min(start + batch_size, len(out)))
+        sequences = [samples.prompt_ids[i] + samples.completion_ids[i] for i in rows]
+        width = max(map(len, sequences))
+        input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, i in enumerate(rows):
+            n_prompt, n_all = len(samples.prompt_ids[i]), len(sequences[row])
+            input_ids[row, :n_all] = torch.tensor(sequences[row])
+            labels[row, n_prompt:n_all] = torch.tensor(samples.completion_ids[i])
+            attention_mask[row, :n_all] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        out[start : start + len(sequences)] = sequence_logprobs(logits.float(), labels.to(device)).cpu()
+    model.train(was_training)
+    return out
+
+
+def evaluate_policy(
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence[str],
+    reference_rewards: Sequence[float],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
+    """Sample one completion per prompt from `policy`; score it, and compare with the reference.
+
+    `reference_rewards[i]` is the reward of the reference's own sample for
+    prompts[i] (drawn once, before training, with another seed). `reference`
+    is the frozen reference model, used only to score the policy's samples for
+    the KL; pass None when the policy IS the reference (KL is then 0 exactly).
+    Returns a dict of floats (reward_mean, reward_se, reward_gain, reward_gain_se,
+    win_rate, kl, kl_se) and "samples" (the policy's texts) and "rewards".
+    """
+    if len(reference_rewards) != len(prompts):
+        raise ValueError(f"{len(reference_rewards)} reference rewards for {len(prompts)} prompts")
+    samples = sample_completions(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    rewards = sentiment_rewards(samples.texts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if reference is None:
+        log_ratios = [0.0] * len(prompts)
+    else:
+        policy_logps = completion_logps(policy, samples, batch_size=batch_size // 2, pad_token_id=pad)
+        reference_logps = completion_logps(reference, samples, batch_size=batch_size // 2, pad_token_id=pad)
+        log_ratios = (policy_logps - reference_logps).tolist()
+    reward_mean, reward_se = mean_and_se(rewards)
+    gain, gain_se = mean_and_se([p - r for p, r in zip(rewards, reference_rewards)])
+    kl, kl_se = mean_and_se(log_ratios)
+    return {
+        "reward_mean": reward_mean, "reward_se": reward_se,
+        "reward_gain": gain, "reward_gain_se": gain_se,
+        "win_rate": win_rate(rewards, reference_rewards),
+        "kl": kl, "kl_se": kl_se,
+        "samples": samples.texts, "rewards": rewards,
+    }

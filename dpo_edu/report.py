@@ -1,0 +1,97 @@
+"""Figures and the markdown report of a full run (`dpo_edu.run`).
+
+Figures are built on `matplotlib.figure.Figure`, which needs no GUI backend:
+the CLI saves them as PNG, a notebook displays them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib.figure import Figure
+
+TRAINING_PANELS = (("loss", "DPO loss"), ("rewards/margins", "reward margin (chosen - rejected)"), ("rewards/accuracies", "reward accuracy"))
+
+
+def plot_training(history: Sequence[dict]) -> Figure:
+    """Loss, reward margin and reward accuracy of each optimizer step (the metrics.jsonl rows)."""
+    figure = Figure(figsize=(12, 3.4), layout="constrained")
+    steps = [row["step"] for row in history]
+    for axis, (key, title) in zip(figure.subplots(1, 3), TRAINING_PANELS):
+        axis.plot(steps, [row[key] for row in history], marker=".", linewidth=1)
+        axis.set(title=title, xlabel="optimizer step")
+        axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_evaluation(evaluations: Sequence[dict]) -> Figure:
+    """Held-out mean reward (+- 1 SE) and the sequence KL(policy || reference) (+- 1 SE) at each evaluation."""
+    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    steps = [row["step"] for row in evaluations]
+    for axis, key, title in zip(figure.subplots(1, 2), ("reward", "kl"), ("held-out mean reward (VADER)", "KL(policy || reference), nats")):
+        mean_key = "reward_mean" if key == "reward" else "kl"
+        axis.errorbar(steps, [row[mean_key] for row in evaluations], yerr=[row[f"{key}_se"] for row in evaluations], marker="o", capsize=3)
+        axis.set(title=title, xlabel="optimizer step")
+        axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_reward_histograms(before: Sequence[float], after: Sequence[float]) -> Figure:
+    """Histograms of held-out rewards: the reference's samples and the trained policy's."""
+    figure = Figure(figsize=(6, 3.4), layout="constrained")
+    axis = figure.subplots()
+    bins = [i / 10 - 1 for i in range(21)]
+    axis.hist(before, bins=bins, alpha=0.6, label="reference (before)")
+    axis.hist(after, bins=bins, alpha=0.6, label="policy (after)")
+    axis.set(title="held-out rewards", xlabel="VADER compound score", ylabel="samples")
+    axis.legend()
+    return figure
+
+
+def save_figures(figures: dict[str, Figure], folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, figure in figures.items():
+        paths[name] = folder / f"{name}.png"
+        figure.savefig(paths[name], dpi=110)
+    return paths
+
+
+def _quote(text: str, limit: int = 220) -> str:
+    text = " ".join(text.split())
+    return (text[:limit] + "…" if len(text) > limit else text).replace("|", "\\|")
+
+
+def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequence[dict]) -> str:
+    """report.md: the results table, the plots and sample generations before and after."""
+    ref, final = summary["reference"], summary["final"]
+    lines = [
+        f"# DPO run: {summary['model']} on {summary['device']} ({summary['profile']} profile)",
+        "",
+        f"Finished in {summary['seconds']['total']:.0f} s: pairs {summary['seconds']['pairs']:.0f} s, "
+        f"training {summary['seconds']['train']:.0f} s (with evaluation {summary['seconds']['evaluation']:.0f} s), "
+        f"{summary['pairs']['pairs']} pairs from {summary['pairs']['prompts']} prompts, {summary['steps']} optimizer steps; "
+        f"peak memory {summary['peak_memory_mb']:,.0f} MB.",
+        "",
+        f"## Held-out results ({summary['heldout_prompts']} prompts, one sample each)",
+        "",
+        "| | reference | DPO policy |",
+        "|---|---|---|",
+        f"| mean reward ± SE | {ref['reward_mean']:.3f} ± {ref['reward_se']:.3f} | {final['reward_mean']:.3f} ± {final['reward_se']:.3f} |",
+        f"| reward gain ± SE (paired) | | {final['reward_gain']:+.3f} ± {final['reward_gain_se']:.3f} ({final['reward_gain'] / final['reward_gain_se']:.1f} SE) |",
+        f"| win rate against the reference | 50 % | {100 * final['win_rate']:.1f} % |",
+        f"| KL(policy ‖ reference) ± SE, nats | 0 | {final['kl']:.2f} ± {final['kl_se']:.2f} |",
+        "",
+        f"Step-1 loss {summary['step0_loss']:.4f} (ln 2 = 0.6931) and margin {summary['step0_margin']:.4f}: the policy started as the reference.",
+        "",
+        "## Plots",
+        "",
+    ]
+    lines += [f"![{name}](plots/{path.name})" for name, path in plot_paths.items()]
+    lines += ["", "## Samples before and after (held-out prompts)", "", "| prompt | reference | DPO policy |", "|---|---|---|"]
+    for example in examples:
+        lines.append(
+            f"| {_quote(example['prompt'], 90)} | ({example['before_reward']:+.2f}) {_quote(example['before'])} "
+            f"| ({example['after_reward']:+.2f}) {_quote(example['after'])} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,201 @@
+"""The full DPO run, start to finish: pairs -> training -> evaluation -> report.
+
+    dpo-edu run [--profile smoke|full] [--out DIR]
+
+writes the run directory:
+
+    DIR/pairs.jsonl      the preference pairs (prompt, chosen, rejected, chosen_score, rejected_score)
+    DIR/metrics.jsonl    one line per optimizer step; evaluation steps carry "eval/..." keys too
+    DIR/policy/          the trained policy (safetensors) and its tokenizer
+    DIR/plots/*.png      loss, margins, accuracy; held-out reward and KL; reward histograms
+    DIR/summary.json     every number of the report, for scripts
+    DIR/report.md        the results table, the plots, five samples before and after
+
+Notebook 06 walks the same steps cell by cell, calling the same functions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .config import Profile, get_profile
+from .evaluate import evaluate_policy, mean_and_se
+from .generation import make_pairs, sample_completions, write_jsonl
+from .models import HUB_ID, load_model
+from .prompts import load_prompts
+from .report import markdown_report, plot_evaluation, plot_reward_histograms, plot_training, save_figures
+from .rewards import sentiment_rewards
+from .train import TrainConfig, train_dpo
+from .utils import device_name, get_device, seed_everything
+
+EVAL_KEYS = ("reward_mean", "reward_se", "reward_gain", "reward_gain_se", "win_rate", "kl", "kl_se")
+
+
+def train_config(profile: Profile, **overrides) -> TrainConfig:
+    """The trainer's settings for the full run at `profile`'s sizes (plain-text prompts, no chat template)."""
+    settings = dict(
+        beta=profile.run_beta, learning_rate=profile.run_learning_rate, batch_size=profile.run_batch_size,
+        epochs=profile.run_epochs, warmup_steps=profile.run_warmup_steps, max_length=profile.run_max_length,
+        max_prompt_length=profile.run_max_prompt_length, use_chat_template=False, seed=profile.run_seed,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def prepare_run_dir(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Create `out`; an existing, non-empty folder is an error unless `overwrite` (then it is emptied)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{out} already exists and is not empty; choose another --out, or pass --overwrite to replace it")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_pairs(model, tokenizer, prompts: list[str], profile: Profile, *, progress: bool = False) -> tuple[list[dict], dict]:
+    """Sample `run_samples_per_prompt` completions per prompt from `model`, score them with VADER, pair them."""
+    samples = sample_completions(
+        model, tokenizer, prompts, per_prompt=profile.run_samples_per_prompt, max_new_tokens=profile.run_max_new_tokens,
+        batch_size=profile.run_sample_batch_size, seed=profile.run_seed, progress=progress,
+    )
+    scores = sentiment_rewards(samples.texts)
+    pairs, counts = make_pairs(samples, scores, rule=profile.run_pairing, min_gap=profile.run_min_gap, tokenizer=tokenizer)
+    mean, se = mean_and_se(scores)
+    counts.update(samples=len(scores), sample_reward_mean=mean, sample_reward_se=se,
+                  sample_reward_zero_fraction=sum(s == 0 for s in scores) / len(scores))
+    return pairs, counts
+
+
+class HeldOutEvaluator:
+    """Evaluates the policy on held-out prompts against the reference's samples, drawn once at construction.
+
+    The frozen reference is re-loaded from disk for each evaluation and freed
+    after it, so no second copy of the model sits in memory during training.
+    """
+
+    def __init__(self, reference, tokenizer, prompts: list[str], profile: Profile, model_source=None) -> None:
+        self.tokenizer, self.prompts, self.profile, self.model_source = tokenizer, prompts, profile, model_source
+        samples = sample_completions(
+            reference, tokenizer, prompts, max_new_tokens=profile.run_max_new_tokens,
+            batch_size=profile.run_sample_batch_size, seed=profile.run_seed + 1,
+        )
+        self.reference_texts = samples.texts
+        self.reference_rewards = sentiment_rewards(samples.texts)
+        self.results: list[dict] = []
+
+    def __call__(self, policy, step: int, *, policy_is_reference: bool = False) -> dict:
+        reference = None
+        if not policy_is_reference:
+            device = next(policy.parameters()).device
+            reference, _ = load_model(self.model_source, device=device)
+            reference.eval().requires_grad_(False)
+        result = evaluate_policy(
+            policy, reference, self.tokenizer, self.prompts, self.reference_rewards,
+            max_new_tokens=self.profile.run_max_new_tokens, batch_size=self.profile.run_sample_batch_size,
+            seed=self.profile.run_seed + 2,
+        )
+        del reference
+        self.results.append({"step": step, **result})
+        return {f"eval/{key}": result[key] for key in EVAL_KEYS}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The largest memory use of this process so far: CUDA's allocator peak on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def save_policy(model, tokenizer, target: Path) -> Path:
+    """save_pretrained (safetensors) into a temporary folder, then rename it to `target`."""
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)
+    return target
+
+
+def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, model=None, overwrite: bool = False,
+        progress: bool = True, log=print) -> dict:
+    """Pairs, training, evaluation and report for `profile`; returns the summary (also in out/summary.json)."""
+    profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    config = train_config(profile)  # invalid settings fail here, before any work
+    out = prepare_run_dir(out, overwrite=overwrite)
+    started = time.perf_counter()
+    seed_everything(profile.run_seed)
+    device = get_device()
+    policy, tokenizer = load_model(model, device=device)
+    log(f"model {model or HUB_ID} on {device_name(device)}; profile {profile.name}; writing {out}")
+
+    train_prompts = load_prompts("train")[: profile.run_train_prompts]
+    heldout_prompts = load_prompts("heldout")[: profile.run_heldout_prompts]
+    pairs, pair_counts = build_pairs(policy, tokenizer, train_prompts, profile, progress=progress)
+    write_jsonl(pairs, out / "pairs.jsonl")
+    pairs_seconds = time.perf_counter() - started
+    log(f"pairs: {pair_counts['pairs']} from {len(train_prompts)} prompts x {profile.run_samples_per_prompt} samples "
+        f"(dropped: {pair_counts['small_gap']} with a score gap < {profile.run_min_gap}, {pair_counts['unusable_text']} unusable samples) "
+        f"in {pairs_seconds:.0f} s")
+
+    evaluator = HeldOutEvaluator(policy, tokenizer, heldout_prompts, profile, model_source=model)
+    eval_seconds = 0.0
+
+    def evaluate(step: int, policy_is_reference: bool = False) -> dict:
+        nonlocal eval_seconds
+        clock = time.perf_counter()
+        result = evaluator(policy, step, policy_is_reference=policy_is_reference)
+        eval_seconds += time.perf_counter() - clock
+        log(f"eval at step {step}: reward {result['eval/reward_mean']:.3f} ± {result['eval/reward_se']:.3f}, "
+            f"win rate {result['eval/win_rate']:.3f}, KL {result['eval/kl']:.2f}")
+        return result
+
+    evaluate(0, policy_is_reference=True)
+    steps_total = min(config.epochs * math.ceil(len(pairs) / config.batch_size), config.max_steps or math.inf)
+
+    def on_step(record: dict) -> dict | None:
+        if record["step"] % profile.run_eval_every == 0 or record["step"] == steps_total:
+            return evaluate(record["step"])
+        return None
+
+    train_started = time.perf_counter()
+    history = train_dpo(policy, tokenizer, pairs, config, metrics_path=out / "metrics.jsonl", on_step=on_step, progress=progress)
+    train_seconds = time.perf_counter() - train_started
+    save_policy(policy, tokenizer, out / "policy")
+
+    figures = {
+        "training": plot_training(history),
+        "heldout": plot_evaluation(evaluator.results),
+        "reward_histograms": plot_reward_histograms(evaluator.reference_rewards, evaluator.results[-1]["rewards"]),
+    }
+    plot_paths = save_figures(figures, out / "plots")
+    final = evaluator.results[-1]
+    reference_mean, reference_se = mean_and_se(evaluator.reference_rewards)
+    summary = {
+        "model": str(model or HUB_ID), "device": device_name(device), "profile": profile.name,
+        "train_config": dataclasses.asdict(config), "pairs": pair_counts, "steps": len(history),
+        "heldout_prompts": len(heldout_prompts),
+        "step0_loss": history[0]["loss"], "step0_margin": history[0]["rewards/margins"],
+        "reference": {"reward_mean": reference_mean, "reward_se": reference_se},
+        "final": {key: final[key] for key in EVAL_KEYS},
+        "evaluations": [{"step": row["step"], **{key: row[key] for key in EVAL_KEYS}} for row in evaluator.results],
+        "peak_memory_mb": peak_memory_mb(device),
+        "seconds": {"pairs": pairs_seconds, "train": train_seconds, "evaluation": eval_seconds, "total": time.perf_counter() - started},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    examples = [
+        {"prompt": prompt, "before": evaluator.reference_texts[i], "before_reward": evaluator.reference_rewards[i],
+         "after": final["samples"][i], "after_reward": final["rewards"][i]}
+        for i, prompt in enumerate(heldout_prompts[:5])
+    ]
+    (out / "report.md").write_text(markdown_report(summary, plot_paths, examples), encoding="utf-8")
+    log(f"done in {summary['seconds']['total']:.0f} s: win rate {final['win_rate']:.3f}, reward gain "
+        f"{final['reward_gain']:+.3f} ± {final['reward_gain_se']:.3f}, KL {final['kl']:.2f}; see {out / 'report.md'}")
+    return summary

@@ -1,0 +1,79 @@
+"""`dpo-edu run` end to end on the real model at smoke size: the run directory, its numbers, and no overwrite."""
+import json
+import math
+
+import pytest
+
+from dpo_edu.cli import main
+from dpo_edu.run import prepare_run_dir
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_the_run_directory_has_every_artifact(run_dir):
+    for name in ("pairs.jsonl", "metrics.jsonl", "summary.json", "report.md", "policy/config.json", "policy/model.safetensors",
+                 "plots/training.png", "plots/heldout.png", "plots/reward_histograms.png"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.glob("**/*.tmp"))
+
+
+def test_pairs_follow_trl_names_and_are_ordered_by_score(run_dir):
+    pairs = [json.loads(line) for line in (run_dir / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert pairs
+    for pair in pairs:
+        assert set(pair) == {"prompt", "chosen", "rejected", "chosen_score", "rejected_score"}
+        assert pair["chosen_score"] - pair["rejected_score"] >= 0.1
+
+
+def test_metrics_and_summary_agree_and_start_from_the_reference(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [row["step"] for row in rows] == list(range(1, summary["steps"] + 1))
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4) and rows[0]["rewards/margins"] == pytest.approx(0, abs=1e-4)
+    assert summary["step0_loss"] == rows[0]["loss"]
+    evaluated = [row["step"] for row in rows if "eval/kl" in row]
+    assert evaluated[-1] == summary["steps"] and [e["step"] for e in summary["evaluations"]] == [0, *evaluated]
+    first = summary["evaluations"][0]
+    assert first["kl"] == 0.0 and summary["final"]["kl"] == rows[-1]["eval/kl"]
+    assert 0 <= summary["final"]["win_rate"] <= 1
+
+
+def test_report_shows_the_table_plots_and_five_samples(run_dir):
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "| win rate against the reference |" in report and "(ln 2 = 0.6931)" in report
+    assert report.count("](plots/") == 3
+    samples_table = report.split("## Samples before and after")[1]
+    assert samples_table.count("\n|") == 2 + 5
+
+
+def test_the_trained_policy_loads_and_differs_from_the_reference(run_dir):
+    import torch
+
+    from dpo_edu.models import load_model
+
+    policy, _ = load_model(run_dir / "policy", device="cpu")
+    reference, _ = load_model(device="cpu")
+    name, weight = next(iter(policy.state_dict().items()))
+    assert not torch.equal(weight, reference.state_dict()[name]), name
+
+
+def test_an_existing_run_is_never_overwritten_without_the_flag(run_dir, capsys):
+    before = (run_dir / "summary.json").read_bytes()
+    assert main(["run", "--profile", "smoke", "--out", str(run_dir), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run_dir / "summary.json").read_bytes() == before
+
+
+def test_prepare_run_dir(tmp_path):
+    assert prepare_run_dir(tmp_path / "new").is_dir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        prepare_run_dir(tmp_path / "full")
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert list(prepare_run_dir(tmp_path / "full", overwrite=True).iterdir()) == []

@@ -57,6 +57,18 @@ class Profile:
     run_max_length: int  # tokens of prompt + completion
     run_max_prompt_length: int
     run_seed: int
+    # 07 ODPO frontier (`dpo-edu frontier`): shares the run_* pairing, batch and length settings
+    frontier_train_prompts: int  # openings sampled for pairs, per seed
+    frontier_small_pairs: int  # the "small data" setting: the first pairs only (trained for more epochs)
+    frontier_heldout_prompts: int
+    frontier_max_new_tokens: int
+    frontier_betas: tuple[float, ...]
+    frontier_dense_betas: tuple[float, ...]  # --dense, for a GPU
+    frontier_seeds: tuple[int, ...]
+    frontier_eval_every: int  # optimizer steps between checkpoints evaluated (and the last step)
+    frontier_learning_rate: float
+    frontier_warmup_steps: int
+    frontier_odpo_alpha: float
 
 
 PROFILES: dict[str, Profile] = {
@@ -96,6 +108,17 @@ PROFILES: dict[str, Profile] = {
         run_max_length=64,
         run_max_prompt_length=32,
         run_seed=0,
+        frontier_train_prompts=8,
+        frontier_small_pairs=4,
+        frontier_heldout_prompts=8,
+        frontier_max_new_tokens=8,
+        frontier_betas=(0.1, 0.5),
+        frontier_dense_betas=(0.1, 0.3, 0.5),
+        frontier_seeds=(0,),
+        frontier_eval_every=1,
+        frontier_learning_rate=1e-4,
+        frontier_warmup_steps=0,
+        frontier_odpo_alpha=1.0,
     ),
     "full": Profile(
         name="full",
@@ -133,6 +156,17 @@ PROFILES: dict[str, Profile] = {
         run_max_length=64,
         run_max_prompt_length=32,
         run_seed=0,
+        frontier_train_prompts=96,
+        frontier_small_pairs=24,
+        frontier_heldout_prompts=48,
+        frontier_max_new_tokens=24,
+        frontier_betas=(0.05, 0.1, 0.2, 0.5),
+        frontier_dense_betas=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+        frontier_seeds=(0, 1),
+        frontier_eval_every=4,
+        frontier_learning_rate=1e-4,
+        frontier_warmup_steps=2,
+        frontier_odpo_alpha=1.0,
     ),
 }
 

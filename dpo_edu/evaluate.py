@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from .data import IGNORE_INDEX
-from .generation import Samples, sample_completions
+from .generation import Samples, _mixed_precision, sample_completions
 from .logprobs import sequence_logprobs
 from .rewards import sentiment_rewards
 
@@ -68,7 +68,8 @@ def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token
             input_ids[row, :n_all] = torch.tensor(sequences[row])
             labels[row, n_prompt:n_all] = torch.tensor(samples.completion_ids[i])
             attention_mask[row, :n_all] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        with _mixed_precision(device):
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         out[start : start + len(sequences)] = sequence_logprobs(logits.float(), labels.to(device)).cpu()
     model.train(was_training)
     return out

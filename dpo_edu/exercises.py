@@ -274,3 +274,38 @@ def check_06_kl_estimate(function: Callable[[torch.Tensor, torch.Tensor], float]
         return "the mean log-ratio over the policy's own samples"
 
     return _verdict("KL estimate", body)
+
+
+# ---------------------------------------------------------------- 07 ODPO
+
+def check_07_odpo_loss(odpo: Callable[..., torch.Tensor]) -> bool:
+    """odpo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, offset) -> per-pair ODPO losses (B,)."""
+
+    def body() -> str:
+        for seed in (0, 1):
+            logps = _random_logps(seed)
+            offset = torch.randn(logps[0].shape, generator=torch.Generator().manual_seed(seed + 10), dtype=torch.float64)
+            for beta in (0.1, 1.0):
+                expected, _, _ = losses.dpo_loss(*logps, beta, offset=offset)
+                got = _call(odpo, *logps, beta, offset)
+                outside = losses.dpo_loss(*logps, beta)[0] - offset
+                assert not torch.allclose(torch.as_tensor(got), outside, atol=1e-5), (
+                    "the offset sits outside the sigmoid: it must be subtracted inside, -log sigmoid(beta h - offset)")
+                _close(got, expected, f"ODPO loss at beta={beta}")
+        return "-log sigmoid(beta * h - offset), the offset inside the sigmoid"
+
+    return _verdict("ODPO loss", body)
+
+
+def check_07_offset(offset: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> bool:
+    """offset(chosen_scores, rejected_scores, alpha) -> alpha * log(max(s_w - s_l, 1e-3)), finite for ties."""
+
+    def body() -> str:
+        chosen = torch.tensor([0.9, 0.5, 0.2, 0.3, -0.1])
+        rejected = torch.tensor([-0.8, 0.4, 0.2, 0.2995, -0.6])  # a tie and a near-tie among them
+        for alpha in (0.5, 1.0, 2.0):
+            got = torch.as_tensor(_call(offset, chosen, rejected, alpha))
+            _close(got, losses.odpo_offset(chosen, rejected, alpha), f"offsets at alpha={alpha} (ties: gap raised to 1e-3)", atol=1e-4)
+        return "alpha * log of the score gap, with ties floored at a gap of 1e-3"
+
+    return _verdict("ODPO offset", body)

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 
 from .data import tokenize_pair
+from .utils import autocast_dtype
 
 PAIRING_RULES = ("best_vs_worst", "all")
 
@@ -54,6 +55,12 @@ def _generation_config(tokenizer, max_new_tokens: int, temperature: float, per_p
         do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, num_return_sequences=per_prompt,
     )
+
+
+def _mixed_precision(device: torch.device):
+    """bf16 or fp16 autocast on a GPU (as `autocast_dtype` picks), nothing on CPU."""
+    dtype = autocast_dtype(device) if device.type == "cuda" else None
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -97,10 +104,11 @@ def sample_completions(
             attention_mask[row, width - len(ids) :] = 1
         # one seed per batch, drawn from the run's seed: batches do not depend on earlier batches' lengths
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
-        output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            generation_config=config,
-        )
+        with _mixed_precision(device):
+            output = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                generation_config=config,
+            )
         for row, generated in enumerate(output[:, width:].tolist()):
             if tokenizer.eos_token_id in generated:
                 generated = generated[: generated.index(tokenizer.eos_token_id) + 1]

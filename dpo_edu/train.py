@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from .data import collate_preferences, split_chosen_rejected, tokenize_preference
 from .logprobs import sequence_logprobs
-from .losses import LOSS_TYPES, dpo_loss
+from .losses import LOSS_TYPES, dpo_loss, odpo_offset
 from .utils import autocast_dtype, get_device, seed_everything
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -56,6 +56,7 @@ class TrainConfig:
     max_prompt_length: int = 64
     mixed_precision: str = "auto"  # auto: bf16 / fp16 on GPUs, none on CPU
     use_chat_template: bool | None = None  # None: if the tokenizer has one; False: plain-text continuation
+    odpo_alpha: float | None = None  # None: DPO; a number: ODPO, offset alpha * log(chosen_score - rejected_score)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,6 +78,10 @@ class TrainConfig:
             problems.append(f"batch_size {self.batch_size} must be a multiple of gradient_accumulation_steps {self.gradient_accumulation_steps}")
         if not 1 <= self.max_prompt_length < self.max_length:
             problems.append(f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} with max_length {self.max_length}")
+        if self.odpo_alpha is not None and not (self.odpo_alpha >= 0 and math.isfinite(self.odpo_alpha)):
+            problems.append(f"odpo_alpha must be None (DPO) or a finite number >= 0, got {self.odpo_alpha}")
+        if self.odpo_alpha is not None and self.loss_type != "sigmoid":
+            problems.append(f"odpo_alpha needs loss_type 'sigmoid' (the offset sits inside the sigmoid), got {self.loss_type!r}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if problems:
@@ -123,18 +128,65 @@ def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def reference_logps(model, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs of every pair under `model` as it is now, in eval mode: (N,) chosen, (N,) rejected (on CPU)."""
+def reference_logps(model, loader: DataLoader, accelerator=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of every pair under `model` as it is now, in eval mode: (N,) chosen, (N,) rejected (on CPU).
+
+    Under several processes each sees a shard of `loader`; the results are
+    gathered, so every process holds the log-probs of every pair.
+    """
     was_training = model.training
     model.eval()
     n = len(loader.dataset)
     chosen, rejected = torch.zeros(n), torch.zeros(n)
     for batch in loader:
+        if device is not None:  # a loader not prepared by accelerate
+            batch = {key: value.to(device) for key, value in batch.items()}
         chosen_logps, rejected_logps = pair_logps(model, batch)
-        chosen[batch["index"].cpu()] = chosen_logps.float().cpu()
-        rejected[batch["index"].cpu()] = rejected_logps.float().cpu()
+        index = batch["index"]
+        if accelerator is not None:
+            index, chosen_logps, rejected_logps = accelerator.gather_for_metrics((index, chosen_logps, rejected_logps))
+        chosen[index.cpu()] = chosen_logps.float().cpu()
+        rejected[index.cpu()] = rejected_logps.float().cpu()
     model.train(was_training)
     return chosen, rejected
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _tokenize(tokenizer, examples: list[dict[str, Any]], config: TrainConfig) -> list[dict]:
+    return [
+        tokenize_preference(
+            tokenizer, example, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+            use_chat_template=config.use_chat_template,
+        )
+        for example in examples
+    ]
+
+
+def compute_reference_logps(model, tokenizer, examples: list[dict[str, Any]], config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference log-probs `train_dpo` would compute for `examples`: (N,) chosen, (N,) rejected, on CPU.
+
+    For sweeps: compute them once, then pass `reference=` to every `train_dpo` that starts from this model.
+    """
+    loader = _loader(_tokenize(tokenizer, examples, config), config.micro_batch_size, _pad_id(tokenizer), shuffle=False, seed=config.seed)
+    device = next(model.parameters()).device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_mixed_precision(config.mixed_precision, device))
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        return reference_logps(model, loader, device=device)
+
+
+def pair_offsets(examples: list[dict[str, Any]], alpha: float) -> torch.Tensor:
+    """ODPO's offsets (N,) from each example's chosen_score and rejected_score (ties: see `odpo_offset`)."""
+    for number, example in enumerate(examples):
+        for field in ("chosen_score", "rejected_score"):
+            value = example.get(field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"example {number}, field {field!r}: ODPO needs a finite number, got {value!r}")
+    chosen = torch.tensor([float(example["chosen_score"]) for example in examples])
+    rejected = torch.tensor([float(example["rejected_score"]) for example in examples])
+    return odpo_offset(chosen, rejected, alpha)
 
 
 def train_dpo(
@@ -146,6 +198,7 @@ def train_dpo(
     metrics_path: str | Path | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
     progress: bool = True,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place with DPO on `examples` ({"prompt", "chosen", "rejected"}); return the metrics per step.
 
@@ -159,14 +212,11 @@ def train_dpo(
     seed_everything(config.seed)
     if not examples:
         raise ValueError("no training examples")
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    features = [
-        tokenize_preference(
-            tokenizer, example, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-            use_chat_template=config.use_chat_template,
-        )
-        for example in examples
-    ]
+    offsets = pair_offsets(examples, config.odpo_alpha) if config.odpo_alpha is not None else None
+    if reference is not None and not all(len(logps) == len(examples) for logps in reference):
+        raise ValueError(f"reference log-probs for {[len(logps) for logps in reference]} pairs, but {len(examples)} examples")
+    pad_token_id = _pad_id(tokenizer)
+    features = _tokenize(tokenizer, examples, config)
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision, get_device()),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -176,8 +226,10 @@ def train_dpo(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer, train_loader, reference_loader = accelerator.prepare(model, optimizer, train_loader, reference_loader)
 
-    with accelerator.autocast():
-        ref_chosen, ref_rejected = reference_logps(model, reference_loader)  # before any update: the reference
+    if reference is None:
+        with accelerator.autocast():
+            reference = reference_logps(model, reference_loader, accelerator)  # before any update: the reference
+    ref_chosen, ref_rejected = reference
 
     steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
@@ -201,6 +253,7 @@ def train_dpo(
                         policy_chosen.float(), policy_rejected.float(),
                         ref_chosen[index].to(policy_chosen.device), ref_rejected[index].to(policy_chosen.device),
                         config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+                        offset=None if offsets is None else offsets[index].to(policy_chosen.device),
                     )
                     loss = losses.mean()
                     accelerator.backward(loss)

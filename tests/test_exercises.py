@@ -42,6 +42,8 @@ CASES = [
     (ex.check_05_ipo_ratio, lambda w, l, b: w / l * math.exp(1 / (2 * b)), lambda w, l, b: w / l * math.exp(1 / b)),
     (ex.check_06_win_rate, lambda p, r: sum((a > b) + 0.5 * (a == b) for a, b in zip(p, r)) / len(p), lambda p, r: sum(a > b for a, b in zip(p, r)) / len(p)),
     (ex.check_06_kl_estimate, lambda p, r: (p - r).mean(), lambda p, r: (r - p).mean()),
+    (ex.check_07_odpo_loss, lambda pc, pr, rc, rr, b, o: -F.logsigmoid(b * ((pc - rc) - (pr - rr)) - o), lambda pc, pr, rc, rr, b, o: -F.logsigmoid(b * ((pc - rc) - (pr - rr))) - o),
+    (ex.check_07_offset, lambda w, l, a: a * torch.log((w - l).clamp_min(1e-3)), lambda w, l, a: a * torch.log(w - l)),
     (ex.check_03_gradient_weight, lambda pc, pr, rc, rr, b: torch.sigmoid(b * ((pr - rr) - (pc - rc))), lambda pc, pr, rc, rr, b: torch.sigmoid(b * ((pc - rc) - (pr - rr)))),
 ]
 

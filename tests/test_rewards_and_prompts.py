@@ -34,12 +34,9 @@ def test_prompt_files_are_large_varied_and_split_by_title():
     for tone in ("positive", "negative", "neutral", "mixed", "undecided"):
         assert sum(row["tone"] == tone for row in heldout) >= 40
     # titles are two capitalised words from the generator's lists; none is shared between the splits
-    from importlib import util
+    from dpo_edu.prompts import ADJECTIVES, NOUNS
 
-    spec = util.spec_from_file_location("make_prompts", DATA / "make_prompts.py")
-    make_prompts = util.module_from_spec(spec)
-    spec.loader.exec_module(make_prompts)
-    titles = {f"{a} {n}" for a in make_prompts.ADJECTIVES for n in make_prompts.NOUNS}
+    titles = {f"{a} {n}" for a in ADJECTIVES for n in NOUNS}
     def titles_in(rows):
         return {title for row in rows for title in titles if re.search(rf"\b{title}\b", row["prompt"])}
     assert titles_in(train) and titles_in(heldout) and not titles_in(train) & titles_in(heldout)
@@ -52,3 +49,30 @@ def test_prompt_files_are_what_the_script_makes(tmp_path):
     subprocess.run([sys.executable, str(script)], check=True, capture_output=True)
     for name in ("prompts_train.jsonl", "prompts_heldout.jsonl"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
+
+
+def test_load_prompts_reads_the_files_or_makes_the_same_rows(tmp_path, monkeypatch):
+    from dpo_edu import prompts
+
+    for split in prompts.SPLITS:
+        from_file = prompts.load_prompts(split)
+        assert from_file == [row["prompt"] for row in read(f"prompts_{split}.jsonl")]
+        monkeypatch.setattr(prompts, "repo_data_dir", lambda: None)  # as on Colab: no data/ folder
+        assert prompts.load_prompts(split) == from_file
+        monkeypatch.undo()
+    with pytest.raises(ValueError, match="allowed: train, heldout"):
+        prompts.load_prompts("test")
+
+
+def test_load_prompts_names_the_file_and_line_of_a_bad_row(tmp_path):
+    from dpo_edu.prompts import load_prompts
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "fine"}\n\n{"prompt": ""}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"mine.jsonl, line 3, field 'prompt'"):
+        load_prompts(path=path)
+    path.write_text('\ufeff{"prompt": "a"}\r\n{"prompt": "b"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 2: not valid JSON"):
+        load_prompts(path=path)
+    path.write_text('\ufeff{"prompt": "a"}\r\n{"prompt": "b"}\r\n', encoding="utf-8")
+    assert load_prompts(path=path) == ["a", "b"]  # a byte-order mark and CRLF line ends are fine

@@ -73,8 +73,49 @@ def test_same_seed_same_metrics(tokenizer):
         ({"mixed_precision": "fp8"}, "not one of: auto, no, fp16, bf16"),
         ({"batch_size": 6, "gradient_accumulation_steps": 4}, "multiple of gradient_accumulation_steps"),
         ({"max_prompt_length": 200, "max_length": 128}, "max_prompt_length"),
+        ({"odpo_alpha": -1.0}, "odpo_alpha must be None"),
+        ({"odpo_alpha": 1.0, "loss_type": "ipo"}, "odpo_alpha needs loss_type 'sigmoid'"),
     ],
 )
 def test_bad_config_fails_before_any_work(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+SCORED = [dict(example, chosen_score=0.9 - 0.3 * i, rejected_score=-0.5 + 0.1 * i) for i, example in enumerate(EXAMPLES)]
+ODPO_CONFIG = dict(learning_rate=1e-3, batch_size=2, epochs=2, warmup_steps=1, max_length=64, max_prompt_length=48, seed=7)
+
+
+def test_precomputed_reference_logps_give_the_same_run(tokenizer):
+    from dpo_edu.train import compute_reference_logps
+
+    config = TrainConfig(**ODPO_CONFIG)
+    reference = compute_reference_logps(tiny_model(tokenizer, seed=2), tokenizer, EXAMPLES, config)
+    assert reference[0].shape == reference[1].shape == (len(EXAMPLES),)
+    computed = train_dpo(tiny_model(tokenizer, seed=2), tokenizer, EXAMPLES, config, progress=False)
+    reused = train_dpo(tiny_model(tokenizer, seed=2), tokenizer, EXAMPLES, config, progress=False, reference=reference)
+    assert [r["loss"] for r in reused] == pytest.approx([r["loss"] for r in computed], abs=1e-6)
+    with pytest.raises(ValueError, match="reference log-probs for"):
+        train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, reference=(reference[0][:2], reference[1][:2]))
+
+
+def test_odpo_offsets_enter_the_loss_and_alpha_zero_is_dpo(tokenizer):
+    from dpo_edu.losses import odpo_offset
+
+    dpo = train_dpo(tiny_model(tokenizer, seed=2), tokenizer, SCORED, TrainConfig(**ODPO_CONFIG), progress=False)
+    alpha_zero = train_dpo(tiny_model(tokenizer, seed=2), tokenizer, SCORED, TrainConfig(**ODPO_CONFIG, odpo_alpha=0.0), progress=False)
+    assert [r["loss"] for r in alpha_zero] == pytest.approx([r["loss"] for r in dpo], abs=1e-6)
+    odpo = train_dpo(tiny_model(tokenizer, seed=2), tokenizer, SCORED, TrainConfig(**ODPO_CONFIG, odpo_alpha=1.0), progress=False)
+    # step 1: policy == reference, so every pair's loss is -log sigmoid(-offset); the batch of 2 is a shuffle of the 4 pairs
+    offsets = odpo_offset([e["chosen_score"] for e in SCORED], [e["rejected_score"] for e in SCORED], 1.0)
+    per_pair = torch.nn.functional.softplus(offsets)  # -log sigmoid(-x) = softplus(x)
+    possible = {round((per_pair[i] + per_pair[j]).item() / 2, 5) for i in range(4) for j in range(i + 1, 4)}
+    assert round(odpo[0]["loss"], 5) in possible and odpo[0]["loss"] != pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_odpo_without_scores_names_the_example_and_field(tokenizer):
+    broken = [dict(SCORED[0]), dict(SCORED[1], rejected_score=float("nan"))]
+    with pytest.raises(ValueError, match=r"example 1, field 'rejected_score'"):
+        train_dpo(tiny_model(tokenizer), tokenizer, broken, TrainConfig(**ODPO_CONFIG, odpo_alpha=1.0), progress=False)
+    with pytest.raises(ValueError, match=r"example 0, field 'chosen_score'"):
+        train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, TrainConfig(**ODPO_CONFIG, odpo_alpha=1.0), progress=False)

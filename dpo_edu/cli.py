@@ -28,12 +28,24 @@ def verify() -> int:
 
 def run(args: argparse.Namespace) -> int:
     from .run import run as run_pipeline
+    from .train import TrainingStopped
 
+    if args.resume and args.overwrite:
+        print("dpo-edu run: --resume continues a run and --overwrite replaces it; choose one", file=sys.stderr)
+        return 2
     try:
-        summary = run_pipeline(args.profile, args.out, model=args.model, overwrite=args.overwrite, progress=not args.quiet)
+        summary = run_pipeline(args.profile, args.out, model=args.model, overwrite=args.overwrite, resume=args.resume,
+                               progress=not args.quiet)
     except (FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"dpo-edu run: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as error:
+        print(f"dpo-edu run: {error}", file=sys.stderr)
+        return 130 if str(error).startswith("interrupted") else 1
+    except KeyboardInterrupt:
+        print(f"dpo-edu run: interrupted before training started; {args.out} holds what was finished "
+              f"(start again with --overwrite)", file=sys.stderr)
+        return 130
     return 0 if summary["steps"] > 0 else 1
 
 
@@ -60,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dpo-edu", description="The dpo-edu course's command line.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="check every derivation step with sympy, and that each known slip fails")
-    _run_options(commands.add_parser("run", help="the full DPO run: pairs -> training -> evaluation -> report"), "runs/dpo")
+    run_parser = commands.add_parser("run", help="the full DPO run: pairs -> training -> evaluation -> report")
+    _run_options(run_parser, "runs/dpo")
+    run_parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     frontier_parser = commands.add_parser("frontier", help="DPO and ODPO over a beta sweep and seeds: the reward-KL frontier")
     _run_options(frontier_parser, "runs/frontier")
     frontier_parser.add_argument("--dense", action="store_true", help="sweep more betas (profile.frontier_dense_betas): for a GPU")

@@ -57,6 +57,7 @@ class Profile:
     run_max_length: int  # tokens of prompt + completion
     run_max_prompt_length: int
     run_seed: int
+    run_checkpoint_every: int  # optimizer steps between checkpoints (and one on Ctrl-C)
     # 07 ODPO frontier (`dpo-edu frontier`): shares the run_* pairing, batch and length settings
     frontier_train_prompts: int  # openings sampled for pairs, per seed
     frontier_small_pairs: int  # the "small data" setting: the first pairs only (trained for more epochs)
@@ -108,6 +109,7 @@ PROFILES: dict[str, Profile] = {
         run_max_length=64,
         run_max_prompt_length=32,
         run_seed=0,
+        run_checkpoint_every=2,
         frontier_train_prompts=8,
         frontier_small_pairs=4,
         frontier_heldout_prompts=8,
@@ -156,6 +158,7 @@ PROFILES: dict[str, Profile] = {
         run_max_length=64,
         run_max_prompt_length=32,
         run_seed=0,
+        run_checkpoint_every=20,
         frontier_train_prompts=96,
         frontier_small_pairs=24,
         frontier_heldout_prompts=48,

@@ -18,11 +18,23 @@ model itself continues it.
 """
 from __future__ import annotations
 
+import json
+import math
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 IGNORE_INDEX = -100
+
+
+class TokenSeamError(ValueError):
+    """The prompt's tokens change when the response follows it (see the module docstring)."""
+
+
+class NoRoomForResponse(ValueError):
+    """After truncation the prompt leaves no token of `max_length` for the response."""
 
 
 def format_prompt(tokenizer, prompt: str, *, use_chat_template: bool | None = None) -> str:
@@ -53,7 +65,8 @@ def tokenize_pair(
     end of a prompt is what the response answers), then the response (with its
     EOS) is cut so the whole fits in `max_length`. Raises ValueError if no
     response token would remain.
-    Returns {"input_ids": [...], "labels": [...], "prompt_length": int}.
+    Returns {"input_ids": [...], "labels": [...], "prompt_length": int, "prompt_truncated": bool}.
+    Raises TokenSeamError or NoRoomForResponse (both ValueErrors) for a pair that cannot be used.
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer.eos_token")
@@ -64,18 +77,19 @@ def tokenize_pair(
     prompt_ids = _encode(tokenizer, prompt_text)
     joint_ids = _encode(tokenizer, prompt_text + response)
     if joint_ids[: len(prompt_ids)] != prompt_ids:
-        raise ValueError(
+        raise TokenSeamError(
             f"the prompt's tokens change when the response follows it (they merge across the seam at "
             f"{prompt_text[-12:]!r} + {response[:12]!r}); end the prompt, or start the response, differently"
         )
     response_ids = joint_ids[len(prompt_ids) :] + [tokenizer.eos_token_id]
 
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+    prompt_truncated = max_prompt_length is not None and len(prompt_ids) > max_prompt_length
+    if prompt_truncated:
         prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
     if max_length is not None:
         room = max_length - len(prompt_ids)
         if room < 1:
-            raise ValueError(
+            raise NoRoomForResponse(
                 f"max_length={max_length} leaves no room for a response after a {len(prompt_ids)}-token prompt; "
                 f"raise max_length or set max_prompt_length below it"
             )
@@ -84,6 +98,7 @@ def tokenize_pair(
         "input_ids": prompt_ids + response_ids,
         "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
         "prompt_length": len(prompt_ids),
+        "prompt_truncated": prompt_truncated,
     }
 
 
@@ -123,3 +138,115 @@ def split_chosen_rejected(values: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         raise ValueError(f"expected an even number of rows (chosen then rejected), got {values.shape[0]}")
     half = values.shape[0] // 2
     return values[:half], values[half:]
+
+
+# ------------------------------------------------------------ reading a user's preference file
+
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+SCORE_FIELDS = ("chosen_score", "rejected_score")
+MAX_LINE_BYTES = 1_000_000
+
+
+class PreferenceFileError(ValueError):
+    """A preference file that cannot be read as it is; the message names the file, the line and the field."""
+
+
+def _fail(path, number: int, field: str | None, message: str) -> PreferenceFileError:
+    where = f"{path}, line {number}" + (f", field {field!r}" if field else "")
+    return PreferenceFileError(f"{where}: {message}")
+
+
+def _score(path, number: int, row: dict, field: str, required: bool) -> float | None:
+    if field not in row:
+        if required:
+            raise _fail(path, number, field, "missing; ODPO needs chosen_score and rejected_score on every row")
+        return None
+    value = row[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, number, field, f"expected a number, got {type(value).__name__} {value!r:.40}")
+    if not math.isfinite(value):
+        raise _fail(path, number, field, f"expected a finite number, got {value}")
+    return float(value)
+
+
+def load_preferences(
+    path: str | os.PathLike, *, require_scores: bool = False, max_line_bytes: int = MAX_LINE_BYTES, log=print
+) -> list[dict[str, Any]]:
+    """Read a JSONL file of preference pairs: {"prompt", "chosen", "rejected"} (TRL's names), optionally
+    "chosen_score" and "rejected_score" (numbers; ODPO needs them: `require_scores=True`).
+
+    Raises PreferenceFileError (a ValueError) naming the file, line and field for
+    anything that is not what it claims to be: bytes that are not UTF-8, invalid
+    JSON, a line that is not an object, a missing or non-string text field, a
+    score that is not a finite number, a chosen score below the rejected one, a
+    line longer than `max_line_bytes`, or a file with no usable pair.
+
+    Skips, counts and reports in one line (via `log`) the rows that are
+    well-formed but teach nothing: blank lines, an empty (all-whitespace) prompt
+    or response, chosen identical to rejected, and tied scores. Extra fields
+    are kept and ignored. A byte-order mark and CRLF line ends are accepted.
+    Returns the kept rows, each a dict with the three texts (and the scores when present).
+    """
+    path = Path(path)
+    skipped: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    total = 0
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            if len(raw) > max_line_bytes:
+                raise _fail(path, number, None, f"the line is {len(raw):,} bytes, over the limit of {max_line_bytes:,} (max_line_bytes)")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise _fail(path, number, None, f"not UTF-8 (byte {error.start}: {raw[error.start:error.start + 1]!r}); save the file as UTF-8") from None
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
+            if not text.strip():
+                skipped["blank line"] = skipped.get("blank line", 0) + 1
+                continue
+            total += 1
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise _fail(path, number, None, f"not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise _fail(path, number, None, f"expected a JSON object with {', '.join(PREFERENCE_FIELDS)}, got {type(row).__name__}")
+            for field in PREFERENCE_FIELDS:
+                if field not in row:
+                    raise _fail(path, number, field, f"missing (a row needs {', '.join(PREFERENCE_FIELDS)})")
+                if not isinstance(row[field], str):
+                    raise _fail(path, number, field, f"expected a string, got {type(row[field]).__name__}")
+            chosen_score = _score(path, number, row, "chosen_score", require_scores)
+            rejected_score = _score(path, number, row, "rejected_score", require_scores)
+            if (chosen_score is None) != (rejected_score is None):
+                missing = "rejected_score" if rejected_score is None else "chosen_score"
+                raise _fail(path, number, missing, "missing while the other score is given")
+            if chosen_score is not None and chosen_score < rejected_score:
+                raise _fail(path, number, "chosen_score", f"{chosen_score} is below rejected_score {rejected_score}: chosen and rejected are swapped?")
+            reason = (
+                "empty prompt" if not row["prompt"].strip()
+                else "empty response" if not row["chosen"].strip() or not row["rejected"].strip()
+                else "identical pair" if row["chosen"] == row["rejected"]
+                else "tied scores" if chosen_score is not None and chosen_score == rejected_score
+                else None
+            )
+            if reason:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+            kept = {field: row[field] for field in PREFERENCE_FIELDS}
+            if chosen_score is not None:
+                kept.update(chosen_score=chosen_score, rejected_score=rejected_score)
+            rows.append(kept)
+    if not rows:
+        raise PreferenceFileError(f"{path}: no usable preference pair ({_describe(skipped, total)})")
+    if skipped and log is not None:
+        log(f"{path.name}: {_describe(skipped, total)}")
+    return rows
+
+
+def _describe(skipped: dict[str, int], total: int) -> str:
+    """'skipped 3 of 1,200 rows: 2 identical pair, 1 empty response; 1 blank line'."""
+    blank = skipped.get("blank line", 0)
+    reasons = {reason: count for reason, count in skipped.items() if reason != "blank line"}
+    text = f"skipped {sum(reasons.values()):,} of {total:,} rows" + (": " + ", ".join(f"{n:,} {r}" for r, n in reasons.items()) if reasons else "")
+    return text + (f"; {blank:,} blank line{'s' if blank > 1 else ''}" if blank else "")

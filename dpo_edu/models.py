@@ -127,14 +127,18 @@ def _loadable(name_or_path: str | os.PathLike | None) -> str:
     return str(_from_gguf(Path(where))) if source == "gguf" else where
 
 
-def load_tokenizer(name_or_path: str | os.PathLike | None = None):
-    """The tokenizer of the course model (or of `name_or_path`), resolved as above."""
+def load_tokenizer(name_or_path: str | os.PathLike | None = None, *, trust_remote_code: bool = False):
+    """The tokenizer of the course model (or of `name_or_path`), resolved as above.
+
+    trust_remote_code stays False unless you ask: a model folder or hub repo
+    could otherwise run its own Python code on your machine.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_loadable(name_or_path))
+    return AutoTokenizer.from_pretrained(_loadable(name_or_path), trust_remote_code=trust_remote_code)
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, device=None):
+def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, trust_remote_code: bool = False):
     """Load (model, tokenizer) in float32 on `device` (default: `dpo_edu.utils.get_device()`).
 
     A GGUF copy is de-quantised and saved to the cache first; the model
@@ -146,6 +150,6 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None):
     from .utils import get_device
 
     where = _loadable(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(where)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype="float32", trust_remote_code=trust_remote_code, use_safetensors=True)
     return model.to(device or get_device()), tokenizer

@@ -26,6 +26,7 @@ import torch
 
 from .config import Profile, get_profile
 from .evaluate import evaluate_policy, mean_and_se
+from .data import load_preferences
 from .generation import make_pairs, sample_completions, write_jsonl
 from .models import HUB_ID, load_model
 from .prompts import load_prompts
@@ -114,6 +115,15 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _check_resumable(out: Path) -> None:
+    if (out / "summary.json").exists():
+        raise FileExistsError(f"{out} holds a finished run (summary.json); nothing to resume")
+    for needed in ("pairs.jsonl", "pairs_counts.json", "checkpoints/latest"):
+        if not (out / needed).exists():
+            raise FileNotFoundError(f"{out}: cannot resume, {needed} is missing (the run stopped before its first checkpoint); "
+                                    f"start it again with --overwrite")
+
+
 def save_policy(model, tokenizer, target: Path) -> Path:
     """save_pretrained (safetensors) into a temporary folder, then rename it to `target`."""
     staging = target.with_name(target.name + ".tmp")
@@ -125,21 +135,38 @@ def save_policy(model, tokenizer, target: Path) -> Path:
 
 
 def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, model=None, overwrite: bool = False,
-        progress: bool = True, log=print) -> dict:
-    """Pairs, training, evaluation and report for `profile`; returns the summary (also in out/summary.json)."""
+        resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Pairs, training, evaluation and report for `profile`; returns the summary (also in out/summary.json).
+
+    Training writes a checkpoint to out/checkpoints every `run_checkpoint_every`
+    steps and on Ctrl-C; `resume=True` continues an interrupted run in `out`
+    (its pairs, its checkpoint) and ends with the metrics of an uninterrupted one.
+    The checkpoints are removed once the run has finished: policy/ holds the result.
+    """
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     config = train_config(profile)  # invalid settings fail here, before any work
-    out = prepare_run_dir(out, overwrite=overwrite)
+    out = Path(out)
+    if resume:
+        _check_resumable(out)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        prepare_run_dir(out)  # raises, naming --overwrite, before the model is even loaded
     started = time.perf_counter()
     seed_everything(profile.run_seed)
     device = get_device()
-    policy, tokenizer = load_model(model, device=device)
-    log(f"model {model or HUB_ID} on {device_name(device)}; profile {profile.name}; writing {out}")
+    policy, tokenizer = load_model(model, device=device)  # a missing model fails here, before the run directory is touched
+    if not resume:
+        prepare_run_dir(out, overwrite=overwrite)
+    log(f"model {model or HUB_ID} on {device_name(device)}; profile {profile.name}; {'resuming' if resume else 'writing'} {out}")
 
     train_prompts = load_prompts("train")[: profile.run_train_prompts]
     heldout_prompts = load_prompts("heldout")[: profile.run_heldout_prompts]
-    pairs, pair_counts = build_pairs(policy, tokenizer, train_prompts, profile, progress=progress)
-    write_jsonl(pairs, out / "pairs.jsonl")
+    if resume:
+        pairs = load_preferences(out / "pairs.jsonl", require_scores=True, log=log)
+        pair_counts = json.loads((out / "pairs_counts.json").read_text(encoding="utf-8"))
+    else:
+        pairs, pair_counts = build_pairs(policy, tokenizer, train_prompts, profile, progress=progress)
+        write_jsonl(pairs, out / "pairs.jsonl")
+        (out / "pairs_counts.json").write_text(json.dumps(pair_counts, indent=1) + "\n", encoding="utf-8")
     pairs_seconds = time.perf_counter() - started
     log(f"pairs: {pair_counts['pairs']} from {len(train_prompts)} prompts x {profile.run_samples_per_prompt} samples "
         f"(dropped: {pair_counts['small_gap']} with a score gap < {profile.run_min_gap}, {pair_counts['unusable_text']} unusable samples) "
@@ -166,13 +193,21 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
         return None
 
     train_started = time.perf_counter()
-    history = train_dpo(policy, tokenizer, pairs, config, metrics_path=out / "metrics.jsonl", on_step=on_step, progress=progress)
+    history = train_dpo(policy, tokenizer, pairs, config, metrics_path=out / "metrics.jsonl", on_step=on_step, progress=progress,
+                        checkpoint_dir=out / "checkpoints", checkpoint_every=profile.run_checkpoint_every, resume=resume, log=log)
     train_seconds = time.perf_counter() - train_started
+    if evaluator.results[-1]["step"] != len(history):  # resumed after the last step: evaluate the final policy again
+        evaluate(len(history))
     save_policy(policy, tokenizer, out / "policy")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # policy/ now holds the result; the optimizer state is 2 GB
+    # a resumed run's earlier evaluations live in metrics.jsonl; step 0 was just re-done (the same seeds, the same numbers)
+    evaluations = evaluator.results[:1] + [
+        {"step": row["step"], **{key: row[f"eval/{key}"] for key in EVAL_KEYS}} for row in history if "eval/kl" in row
+    ]
 
     figures = {
         "training": plot_training(history),
-        "heldout": plot_evaluation(evaluator.results),
+        "heldout": plot_evaluation(evaluations),
         "reward_histograms": plot_reward_histograms(evaluator.reference_rewards, evaluator.results[-1]["rewards"]),
     }
     plot_paths = save_figures(figures, out / "plots")
@@ -185,7 +220,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
         "step0_loss": history[0]["loss"], "step0_margin": history[0]["rewards/margins"],
         "reference": {"reward_mean": reference_mean, "reward_se": reference_se},
         "final": {key: final[key] for key in EVAL_KEYS},
-        "evaluations": [{"step": row["step"], **{key: row[key] for key in EVAL_KEYS}} for row in evaluator.results],
+        "evaluations": [{"step": row["step"], **{key: row[key] for key in EVAL_KEYS}} for row in evaluations], "resumed": resume,
         "peak_memory_mb": peak_memory_mb(device),
         "seconds": {"pairs": pairs_seconds, "train": train_seconds, "evaluation": eval_seconds, "total": time.perf_counter() - started},
     }

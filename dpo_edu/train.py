@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
-from .data import collate_preferences, split_chosen_rejected, tokenize_preference
+from .data import NoRoomForResponse, TokenSeamError, collate_preferences, split_chosen_rejected, tokenize_preference
 from .logprobs import sequence_logprobs
 from .losses import LOSS_TYPES, dpo_loss, odpo_offset
 from .utils import autocast_dtype, get_device, seed_everything
@@ -155,22 +155,49 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _tokenize(tokenizer, examples: list[dict[str, Any]], config: TrainConfig) -> list[dict]:
-    return [
-        tokenize_preference(
-            tokenizer, example, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-            use_chat_template=config.use_chat_template,
-        )
-        for example in examples
-    ]
+def usable_examples(tokenizer, examples: list[dict[str, Any]], config: TrainConfig, *, log=print) -> tuple[list[dict], list[dict]]:
+    """Tokenise every example; return (kept examples, their features), skipping what cannot be trained on.
+
+    Rules (each counted in one line via `log`): a prompt longer than
+    `max_prompt_length` keeps its last tokens (counted as "prompt truncated");
+    a pair whose prompt leaves no room for a response token in `max_length`, or
+    whose prompt tokens change at the seam with the response, is skipped.
+    Raises ValueError when nothing is left.
+    """
+    kept, features, counts = [], [], {}
+    for example in examples:
+        try:
+            feature = tokenize_preference(
+                tokenizer, example, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+                use_chat_template=config.use_chat_template,
+            )
+        except NoRoomForResponse:
+            counts["no room for a response after the prompt"] = counts.get("no room for a response after the prompt", 0) + 1
+            continue
+        except TokenSeamError:
+            counts["prompt tokens change at the seam"] = counts.get("prompt tokens change at the seam", 0) + 1
+            continue
+        if feature["chosen"]["prompt_truncated"]:
+            counts["prompt truncated"] = counts.get("prompt truncated", 0) + 1
+        kept.append(example)
+        features.append(feature)
+    if counts and log is not None:
+        skipped = len(examples) - len(kept)
+        log(f"training pairs: skipped {skipped:,} of {len(examples):,}; " + ", ".join(f"{n:,} {reason}" for reason, n in counts.items())
+            + f" (max_length={config.max_length}, max_prompt_length={config.max_prompt_length})")
+    if not kept:
+        raise ValueError(f"none of the {len(examples):,} examples can be trained on: " + ", ".join(f"{n} {r}" for r, n in counts.items()))
+    return kept, features
 
 
 def compute_reference_logps(model, tokenizer, examples: list[dict[str, Any]], config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference log-probs `train_dpo` would compute for `examples`: (N,) chosen, (N,) rejected, on CPU.
+    """The reference log-probs `train_dpo` would compute for `examples`: (N,) chosen, (N,) rejected, on CPU,
+    for the N examples `usable_examples` keeps.
 
     For sweeps: compute them once, then pass `reference=` to every `train_dpo` that starts from this model.
     """
-    loader = _loader(_tokenize(tokenizer, examples, config), config.micro_batch_size, _pad_id(tokenizer), shuffle=False, seed=config.seed)
+    _, features = usable_examples(tokenizer, examples, config, log=None)
+    loader = _loader(features, config.micro_batch_size, _pad_id(tokenizer), shuffle=False, seed=config.seed)
     device = next(model.parameters()).device
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_mixed_precision(config.mixed_precision, device))
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -189,6 +216,10 @@ def pair_offsets(examples: list[dict[str, Any]], alpha: float) -> torch.Tensor:
     return odpo_offset(chosen, rejected, alpha)
 
 
+class TrainingStopped(RuntimeError):
+    """Training stopped early (a non-finite loss, or an interrupt); the message says where the last checkpoint is."""
+
+
 def train_dpo(
     model,
     tokenizer,
@@ -196,32 +227,56 @@ def train_dpo(
     config: TrainConfig,
     *,
     metrics_path: str | Path | None = None,
-    on_step: Callable[[dict[str, float]], None] | None = None,
+    on_step: Callable[[dict[str, float]], dict | None] | None = None,
     progress: bool = True,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    log: Callable[[str], None] | None = print,
 ) -> list[dict[str, float]]:
     """Train `model` in place with DPO on `examples` ({"prompt", "chosen", "rejected"}); return the metrics per step.
 
     The model's current weights are the reference. `on_step(record)` is called
-    after every optimizer step (evaluation hooks, early stopping by raising).
+    after every optimizer step, before the record is written: a dict it returns
+    (evaluation results, say) is added to the record. `reference` = (chosen,
+    rejected) log-probs (N,) computed earlier for these examples and this model
+    (see `compute_reference_logps`) skips computing them again: a sweep that
+    trains many policies from one reference computes them once.
+
+    Nothing is lost (`dpo_edu.checkpoint`): with `checkpoint_dir`, a checkpoint
+    is written atomically every `checkpoint_every` steps (0: only at the end),
+    when Ctrl-C (SIGINT) arrives (after the current step), and never from a
+    non-finite loss: that stops the run with TrainingStopped and the last good
+    checkpoint stays. `resume=True` continues from the checkpoint in
+    `checkpoint_dir` and ends with the metrics an uninterrupted run would have.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from . import checkpoint as checkpoints
+
     seed_everything(config.seed)
     if not examples:
         raise ValueError("no training examples")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue")
+    saved = checkpoints.load_latest(checkpoint_dir, config) if resume else None
+    examples, features = usable_examples(tokenizer, examples, config, log=log)
     offsets = pair_offsets(examples, config.odpo_alpha) if config.odpo_alpha is not None else None
+    if saved is not None:
+        checkpoints.restore_model(model, saved)
+        reference = saved.reference
     if reference is not None and not all(len(logps) == len(examples) for logps in reference):
-        raise ValueError(f"reference log-probs for {[len(logps) for logps in reference]} pairs, but {len(examples)} examples")
+        raise ValueError(f"reference log-probs for {[len(logps) for logps in reference]} pairs, but {len(examples)} usable examples")
     pad_token_id = _pad_id(tokenizer)
-    features = _tokenize(tokenizer, examples, config)
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision, get_device()),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
     train_loader = _loader(features, config.micro_batch_size, pad_token_id, shuffle=True, seed=config.seed)
+    shuffle_generator = train_loader.generator  # its state at an epoch's start fixes that epoch's order
     reference_loader = _loader(features, config.micro_batch_size, pad_token_id, shuffle=False, seed=config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer, train_loader, reference_loader = accelerator.prepare(model, optimizer, train_loader, reference_loader)
@@ -237,64 +292,112 @@ def train_dpo(
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=min(config.warmup_steps, total_steps), num_training_steps=total_steps)
 
     history: list[dict[str, float]] = []
-    metrics_file = open(metrics_path, "a", encoding="utf-8") if metrics_path else None
-    bar = tqdm(total=total_steps, desc="DPO", disable=not (progress and accelerator.is_main_process))
-    sums: dict[str, float] = {}
-    tokens, started = 0, time.perf_counter()
-    model.train()
-    try:
-        for epoch in range(config.epochs):
-            for batch in train_loader:
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        policy_chosen, policy_rejected = pair_logps(model, batch)
-                    index = batch["index"].cpu()
-                    losses, chosen_rewards, rejected_rewards = dpo_loss(
-                        policy_chosen.float(), policy_rejected.float(),
-                        ref_chosen[index].to(policy_chosen.device), ref_rejected[index].to(policy_chosen.device),
-                        config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
-                        offset=None if offsets is None else offsets[index].to(policy_chosen.device),
-                    )
-                    loss = losses.mean()
-                    accelerator.backward(loss)
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if accelerator.sync_gradients else None
-                    optimizer.step()
-                    optimizer.zero_grad()
+    start_epoch, skip_batches, epoch_generator_state = 0, 0, shuffle_generator.get_state()
+    if saved is not None:
+        optimizer.load_state_dict(saved.optimizer)
+        scheduler.load_state_dict(saved.state["scheduler"])
+        history = saved.state["history"]
+        start_epoch, skip_batches = saved.state["epoch"], saved.state["batches_done_in_epoch"]
+        epoch_generator_state = saved.epoch_generator_state
+        if metrics_path:
+            checkpoints.truncate_metrics(metrics_path, len(history))
+        if log is not None:
+            log(f"resumed from step {len(history)} of {total_steps} ({checkpoint_dir})")
+        if len(history) >= total_steps:
+            return history
 
-                micro = {
-                    "loss": loss.item(),
-                    "rewards/chosen": chosen_rewards.mean().item(),
-                    "rewards/rejected": rejected_rewards.mean().item(),
-                    "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                    "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-                    "logps/chosen": policy_chosen.detach().mean().item(),
-                    "logps/rejected": policy_rejected.detach().mean().item(),
-                }
-                for name, value in micro.items():
-                    sums[name] = sums.get(name, 0.0) + value / config.gradient_accumulation_steps
-                tokens += int(batch["attention_mask"].sum())
-                if not accelerator.sync_gradients:
-                    continue
-                elapsed = time.perf_counter() - started
-                record = {
-                    "step": len(history) + 1, "epoch": epoch, **sums,
-                    "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-                    "tokens_per_second": tokens / max(elapsed, 1e-9),
-                }
-                scheduler.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
-                if on_step:
-                    record.update(on_step(record) or {})
-                history.append(record)
-                if metrics_file:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                sums, tokens, started = {}, 0, time.perf_counter()
-                if len(history) >= total_steps:
-                    return history
-        return history
-    finally:
-        bar.close()
-        if metrics_file:
-            metrics_file.close()
+    def save(epoch: int, batches_done: int) -> Path | None:
+        if checkpoint_dir is None or not accelerator.is_main_process:
+            return None
+        return checkpoints.save(
+            checkpoint_dir, accelerator.unwrap_model(model), optimizer, config=config, reference=(ref_chosen, ref_rejected),
+            epoch_generator_state=epoch_generator_state,
+            state={"epoch": epoch, "batches_done_in_epoch": batches_done, "history": history, "scheduler": scheduler.state_dict()},
+        )
+
+    metrics_file = open(metrics_path, "a", encoding="utf-8") if metrics_path else None
+    bar = tqdm(total=total_steps, initial=len(history), desc="DPO", disable=not (progress and accelerator.is_main_process))
+    sums: dict[str, float] = {}
+    micro_batches, tokens, started = 0, 0, time.perf_counter()
+    model.train()
+    with checkpoints.interrupt_flag() as interrupted:
+        try:
+            for epoch in range(start_epoch, config.epochs):
+                if epoch > start_epoch:
+                    epoch_generator_state = shuffle_generator.get_state()
+                    skip_batches = 0
+                shuffle_generator.set_state(epoch_generator_state)
+                loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
+                batches_done = skip_batches
+                for batch in loader:
+                    batches_done += 1
+                    with accelerator.accumulate(model):
+                        with accelerator.autocast():
+                            policy_chosen, policy_rejected = pair_logps(model, batch)
+                        index = batch["index"].cpu()
+                        losses, chosen_rewards, rejected_rewards = dpo_loss(
+                            policy_chosen.float(), policy_rejected.float(),
+                            ref_chosen[index].to(policy_chosen.device), ref_rejected[index].to(policy_chosen.device),
+                            config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+                            offset=None if offsets is None else offsets[index].to(policy_chosen.device),
+                        )
+                        loss = losses.mean()
+                        if not torch.isfinite(loss):  # stop before any update from it; the last checkpoint stays as it is
+                            raise TrainingStopped(
+                                f"non-finite loss ({loss.item()}) at step {len(history) + 1}, epoch {epoch}; "
+                                + (f"the last good checkpoint is in {checkpoint_dir}" if checkpoint_dir else "no checkpoint_dir was given")
+                                + ". Lower the learning rate, or look for extreme log-probs in the data."
+                            )
+                        accelerator.backward(loss)
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if accelerator.sync_gradients else None
+                        optimizer.step()
+                        optimizer.zero_grad()
+
+                    micro = {
+                        "loss": loss.item(),
+                        "rewards/chosen": chosen_rewards.mean().item(),
+                        "rewards/rejected": rejected_rewards.mean().item(),
+                        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+                        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+                        "logps/chosen": policy_chosen.detach().mean().item(),
+                        "logps/rejected": policy_rejected.detach().mean().item(),
+                    }
+                    for name, value in micro.items():
+                        sums[name] = sums.get(name, 0.0) + value
+                    micro_batches += 1
+                    tokens += int(batch["attention_mask"].sum())
+                    if not accelerator.sync_gradients:
+                        continue
+                    elapsed = time.perf_counter() - started
+                    record = {
+                        "step": len(history) + 1, "epoch": epoch,
+                        **{name: total / micro_batches for name, total in sums.items()},  # the mean over this step's micro-batches
+                        "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_second": tokens / max(elapsed, 1e-9),
+                    }
+                    scheduler.step()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
+                    if on_step:
+                        record.update(on_step(record) or {})
+                    history.append(record)
+                    if metrics_file:
+                        metrics_file.write(json.dumps(record) + "\n")
+                        metrics_file.flush()
+                    sums, micro_batches, tokens, started = {}, 0, 0, time.perf_counter()
+                    done = len(history) >= total_steps
+                    if done or interrupted() or (checkpoint_every and len(history) % checkpoint_every == 0):
+                        where = save(epoch, batches_done)
+                    if interrupted():
+                        raise TrainingStopped(
+                            f"interrupted after step {len(history)} of {total_steps}"
+                            + (f"; checkpoint saved in {where}: continue with resume=True (dpo-edu run --resume)" if where else "")
+                        )
+                    if done:
+                        return history
+            save(config.epochs, 0)
+            return history
+        finally:
+            bar.close()
+            if metrics_file:
+                metrics_file.close()

@@ -59,3 +59,23 @@ def test_real_tokenizer_loads():
     assert len(tokenizer) == 49_152
     ids = tokenizer("The movie was wonderful.")["input_ids"]
     assert tokenizer.decode(ids) == "The movie was wonderful."
+
+
+def test_no_remote_code_and_no_pickled_weights(monkeypatch):
+    """load_model never lets a model folder run its own code, and reads safetensors only, unless asked."""
+    import transformers
+
+    calls = []
+
+    def recorder(original):
+        def record(*args, **kwargs):
+            calls.append(kwargs)
+            return original(*args, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", recorder(transformers.AutoTokenizer.from_pretrained))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", recorder(transformers.AutoModelForCausalLM.from_pretrained))
+    models.load_model(device="cpu")
+    assert len(calls) == 2 and all(call["trust_remote_code"] is False for call in calls)
+    assert calls[1]["use_safetensors"] is True

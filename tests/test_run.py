@@ -77,3 +77,49 @@ def test_prepare_run_dir(tmp_path):
         prepare_run_dir(tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert list(prepare_run_dir(tmp_path / "full", overwrite=True).iterdir()) == []
+
+
+def test_ctrl_c_then_resume_gives_the_uninterrupted_run(run_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during training saves a checkpoint (exit code 130); --resume finishes with the same metrics and report."""
+    import os
+    import signal
+
+    from dpo_edu import run as run_module
+
+    original = run_module.train_dpo
+
+    def interrupted_after_step_2(*args, on_step, **kwargs):
+        def on_step_then_ctrl_c(record):
+            extra = on_step(record)
+            if record["step"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return extra
+
+        return original(*args, on_step=on_step_then_ctrl_c, **kwargs)
+
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(run_module, "train_dpo", interrupted_after_step_2)
+    assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
+    assert "interrupted after step 2" in capsys.readouterr().err
+    assert (out / "checkpoints" / "latest").is_file() and not (out / "summary.json").exists()
+    monkeypatch.setattr(run_module, "train_dpo", original)
+    assert main(["run", "--profile", "smoke", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert not (out / "checkpoints").exists()  # removed once the run finished
+
+    def metrics(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_second"}
+                for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert metrics(out) == metrics(run_dir)
+    whole, resumed = (json.loads((folder / "summary.json").read_text()) for folder in (run_dir, out))
+    assert resumed["final"] == whole["final"] and resumed["evaluations"] == whole["evaluations"] and resumed["resumed"]
+    assert main(["run", "--profile", "smoke", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_bad_options_fail_before_any_work(tmp_path, capsys):
+    assert main(["run", "--profile", "smoke", "--out", str(tmp_path / "x"), "--model", str(tmp_path / "no-such-model"), "--quiet"]) == 2
+    assert "no-such-model" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["run", "--profile", "smoke", "--out", str(tmp_path / "y"), "--resume", "--quiet"]) == 2
+    assert "cannot resume" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "z"), "--resume", "--overwrite"]) == 2

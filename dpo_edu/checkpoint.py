@@ -1,0 +1,148 @@
+"""Checkpoints of a DPO run: written atomically, read without unpickling anything.
+
+A checkpoint is a folder `<checkpoint_dir>/step-000123/` holding
+    model.safetensors      the policy's weights (safetensors: tensors only, no code)
+    tensors.safetensors    the reference log-probs and the shuffle generator's state at the epoch's start
+    optimizer.pt           AdamW's state, read back with torch.load(weights_only=True)
+    trainer_state.json     step, epoch, batches done, the scheduler's state, the metrics so far, the TrainConfig
+It is written into a hidden temporary folder and renamed into place, then the
+file `latest` is replaced (also by a rename) to point at it; only then are
+older checkpoints removed. A crash at any moment leaves the previous
+checkpoint whole.
+
+Why not `accelerator.save_state`: it pickles the Python RNG states and loads
+the optimizer with a plain `torch.load`, and the course promises never to
+unpickle a file; the training loop's only randomness is the shuffle generator,
+whose state is a tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LATEST = "latest"
+FORMAT = 1
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    folder: Path
+    state: dict[str, Any]
+    optimizer: dict[str, Any]
+    reference: tuple[torch.Tensor, torch.Tensor]
+    epoch_generator_state: torch.Tensor
+
+
+def _replace_text(path: Path, text: str) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+
+
+def save(checkpoint_dir: str | Path, model, optimizer, *, config, reference, epoch_generator_state, state: dict) -> Path:
+    """Write a checkpoint atomically; return its folder. Older checkpoints are removed once it is in place."""
+    from safetensors.torch import save_file, save_model
+
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    step = len(state["history"])
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=checkpoint_dir))
+    try:
+        save_model(model, str(staging / "model.safetensors"))  # handles tied weights (embedding = output layer)
+        save_file({"reference_chosen": reference[0].contiguous(), "reference_rejected": reference[1].contiguous(),
+                   "epoch_generator_state": epoch_generator_state.contiguous()}, str(staging / "tensors.safetensors"))
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        payload = {"format": FORMAT, "step": step, "config": dataclasses.asdict(config), **state}
+        (staging / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        final = checkpoint_dir / f"step-{step:06d}"
+        if final.exists():  # the same step saved twice (an interrupt on the last step): keep the new one
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _replace_text(checkpoint_dir / LATEST, final.name + "\n")
+    for old in checkpoint_dir.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_latest(checkpoint_dir: str | Path, config) -> Checkpoint:
+    """Read the checkpoint `latest` points at; the TrainConfig must be the one it was trained with."""
+    from safetensors.torch import load_file
+
+    checkpoint_dir = Path(checkpoint_dir)
+    pointer = checkpoint_dir / LATEST
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint to resume from (no '{LATEST}' file)")
+    folder = checkpoint_dir / pointer.read_text(encoding="utf-8").strip()
+    state_path = folder / "trainer_state.json"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{pointer} points at {folder.name}, which has no trainer_state.json")
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{state_path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{state_path}, field 'format': {state.get('format')!r}, this version reads {FORMAT}")
+    wanted = dataclasses.asdict(config)
+    changed = [f"{key} {state['config'].get(key)!r} -> {value!r}" for key, value in wanted.items() if state["config"].get(key) != value]
+    if changed:
+        raise ValueError(f"{state_path}: the run was trained with another TrainConfig; resume needs the same one (changed: {'; '.join(changed)})")
+    optimizer = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    tensors = load_file(str(folder / "tensors.safetensors"))
+    return Checkpoint(folder, state, optimizer, (tensors["reference_chosen"], tensors["reference_rejected"]), tensors["epoch_generator_state"])
+
+
+def restore_model(model, checkpoint: Checkpoint) -> None:
+    """Load the checkpoint's weights into `model` (same architecture), in place."""
+    from safetensors.torch import load_model
+
+    load_model(model, str(checkpoint.folder / "model.safetensors"), device=str(next(model.parameters()).device))
+
+
+def truncate_metrics(path: str | Path, steps: int) -> None:
+    """Keep the first `steps` lines of metrics.jsonl: lines written after the checkpoint are written again on resume."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    _replace_text(path, "".join(lines[:steps]))
+
+
+@contextlib.contextmanager
+def interrupt_flag():
+    """While inside, the first Ctrl-C (SIGINT) only sets a flag, so training can finish its step and save.
+
+    Yields a function returning whether SIGINT arrived. A second Ctrl-C
+    interrupts at once, as usual. Outside the main thread (where handlers
+    cannot be installed) the flag is never set and Ctrl-C behaves as usual.
+    """
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received.is_set
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if received.is_set():
+            raise KeyboardInterrupt
+        received.set()
+        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to stop at once)", flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield received.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

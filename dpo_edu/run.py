@@ -1,10 +1,12 @@
 """The full DPO run, start to finish: pairs -> training -> evaluation -> report.
 
-    dpo-edu run [--profile smoke|full] [--out DIR]
+    dpo-edu run [--profile smoke|full] [--out DIR] [--overwrite | --resume]
 
 writes the run directory:
 
     DIR/pairs.jsonl      the preference pairs (prompt, chosen, rejected, chosen_score, rejected_score)
+    DIR/pairs_counts.json how many pairs were formed and dropped, and the reference samples' mean reward
+    DIR/checkpoints/     while training: the last checkpoint (`dpo-edu run --resume`); removed at the end
     DIR/metrics.jsonl    one line per optimizer step; evaluation steps carry "eval/..." keys too
     DIR/policy/          the trained policy (safetensors) and its tokenizer
     DIR/plots/*.png      loss, margins, accuracy; held-out reward and KL; reward histograms

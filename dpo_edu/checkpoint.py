@@ -127,10 +127,11 @@ def interrupt_flag():
 
     Yields a function returning whether SIGINT arrived. A second Ctrl-C
     interrupts at once, as usual. Outside the main thread (where handlers
-    cannot be installed) the flag is never set and Ctrl-C behaves as usual.
+    cannot be installed), or where SIGINT is ignored (a background job), the
+    flag is never set and nothing changes.
     """
     received = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield received.is_set
         return
     previous = signal.getsignal(signal.SIGINT)

@@ -76,10 +76,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tokenizer, tmp_path, uni
         if record["step"] == 4:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(TrainingStopped, match=r"interrupted after step 4 of 9; checkpoint saved in .*step-000004"):
-        train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, TrainConfig(**CONFIG), progress=False, log=None,
-                  checkpoint_dir=tmp_path, on_step=press_ctrl_c)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; CI may run with SIGINT ignored
+    try:
+        with pytest.raises(TrainingStopped, match=r"interrupted after step 4 of 9; checkpoint saved in .*step-000004"):
+            train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, TrainConfig(**CONFIG), progress=False, log=None,
+                      checkpoint_dir=tmp_path, on_step=press_ctrl_c)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, previous)
     resumed = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, TrainConfig(**CONFIG), progress=False, log=None,
                         checkpoint_dir=tmp_path, resume=True)
     assert_same_run(resumed, uninterrupted)
@@ -143,3 +147,17 @@ def test_a_short_last_step_reports_the_mean_not_a_fraction(tokenizer):
     config = TrainConfig(**{**CONFIG, "epochs": 1})  # 10 pairs in micro-batches of 2: the third step has one micro-batch
     history = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None)
     assert [round(row["loss"], 4) for row in history][:1] == [0.6931] and history[-1]["loss"] > 0.3
+
+
+def test_an_ignored_sigint_stays_ignored(tokenizer, tmp_path):
+    """In a background job SIGINT is ignored: training neither installs a handler nor stops."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        def press_ctrl_c(record):
+            os.kill(os.getpid(), signal.SIGINT)
+
+        history = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, TrainConfig(**{**CONFIG, "epochs": 1}), progress=False,
+                            log=None, on_step=press_ctrl_c)
+        assert len(history) == 3 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -99,7 +99,11 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(run_dir, tmp_path, monke
 
     out = tmp_path / "interrupted"
     monkeypatch.setattr(run_module, "train_dpo", interrupted_after_step_2)
-    assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; CI may run with SIGINT ignored
+    try:
+        assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert "interrupted after step 2" in capsys.readouterr().err
     assert (out / "checkpoints" / "latest").is_file() and not (out / "summary.json").exists()
     monkeypatch.setattr(run_module, "train_dpo", original)

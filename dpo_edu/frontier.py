@@ -30,7 +30,7 @@ from .generation import make_pairs, sample_completions, write_jsonl
 from .models import load_model
 from .prompts import load_prompts
 from .rewards import sentiment_rewards
-from .run import prepare_run_dir
+from .run import prepare_run_dir, train_config
 from .train import TrainConfig, compute_reference_logps, train_dpo
 from .utils import device_name, get_device, seed_everything
 
@@ -46,10 +46,10 @@ def settings_of(pairs: list[dict], profile: Profile) -> dict[str, tuple[list[dic
 
 
 def frontier_config(profile: Profile, method: str, beta: float, seed: int, epochs: int) -> TrainConfig:
-    return TrainConfig(
-        beta=beta, learning_rate=profile.frontier_learning_rate, batch_size=profile.run_batch_size, epochs=epochs,
-        warmup_steps=profile.frontier_warmup_steps, max_length=profile.run_max_length, max_prompt_length=profile.run_max_prompt_length,
-        use_chat_template=False, odpo_alpha=profile.frontier_odpo_alpha if method == "odpo" else None, seed=seed,
+    """The full run's trainer settings (`dpo_edu.run.train_config`) with the sweep's own beta, rate, warm-up and method."""
+    return train_config(
+        profile, beta=beta, learning_rate=profile.frontier_learning_rate, epochs=epochs, warmup_steps=profile.frontier_warmup_steps,
+        odpo_alpha=profile.frontier_odpo_alpha if method == "odpo" else None, seed=seed,
     )
 
 

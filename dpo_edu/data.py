@@ -145,6 +145,7 @@ def split_chosen_rejected(values: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 SCORE_FIELDS = ("chosen_score", "rejected_score")
 MAX_LINE_BYTES = 1_000_000
+SHOWN_LINES = 5  # line numbers listed per kind of skipped row
 
 
 class PreferenceFileError(ValueError):
@@ -181,17 +182,21 @@ def load_preferences(
     score that is not a finite number, a chosen score below the rejected one, a
     line longer than `max_line_bytes`, or a file with no usable pair.
 
+    A folder is a PreferenceFileError too; a missing file, a FileNotFoundError naming it.
+
     Skips, counts and reports in one line (via `log`) the rows that are
     well-formed but teach nothing: blank lines, an empty (all-whitespace) prompt
-    or response, chosen identical to rejected, and tied scores. Extra fields
-    are kept and ignored. A byte-order mark and CRLF line ends are accepted.
+    or response, chosen identical to rejected, and tied scores, with the first
+    line numbers of each kind: "pairs.jsonl: skipped 3 of 1,200 rows: 2 identical
+    pair (lines 4, 17), 1 empty response (line 9); 1 blank line (line 30)".
+    Extra fields are kept and ignored. A byte-order mark and CRLF line ends are accepted.
     Returns the kept rows, each a dict with the three texts (and the scores when present).
     """
     path = Path(path)
-    skipped: dict[str, int] = {}
+    skipped: dict[str, list[int]] = {}  # reason: line numbers
     rows: list[dict[str, Any]] = []
     total = 0
-    with path.open("rb") as file:
+    with _open(path) as file:
         for number, raw in enumerate(file, start=1):
             if len(raw) > max_line_bytes:
                 raise _fail(path, number, None, f"the line is {len(raw):,} bytes, over the limit of {max_line_bytes:,} (max_line_bytes)")
@@ -202,7 +207,7 @@ def load_preferences(
             if number == 1:
                 text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
             if not text.strip():
-                skipped["blank line"] = skipped.get("blank line", 0) + 1
+                skipped.setdefault("blank line", []).append(number)
                 continue
             total += 1
             try:
@@ -231,7 +236,7 @@ def load_preferences(
                 else None
             )
             if reason:
-                skipped[reason] = skipped.get(reason, 0) + 1
+                skipped.setdefault(reason, []).append(number)
                 continue
             kept = {field: row[field] for field in PREFERENCE_FIELDS}
             if chosen_score is not None:
@@ -244,9 +249,29 @@ def load_preferences(
     return rows
 
 
-def _describe(skipped: dict[str, int], total: int) -> str:
-    """'skipped 3 of 1,200 rows: 2 identical pair, 1 empty response; 1 blank line'."""
-    blank = skipped.get("blank line", 0)
-    reasons = {reason: count for reason, count in skipped.items() if reason != "blank line"}
-    text = f"skipped {sum(reasons.values()):,} of {total:,} rows" + (": " + ", ".join(f"{n:,} {r}" for r, n in reasons.items()) if reasons else "")
-    return text + (f"; {blank:,} blank line{'s' if blank > 1 else ''}" if blank else "")
+def _open(path: Path):
+    """`path` opened for reading bytes; a folder or a missing file fails in one line naming it."""
+    if path.is_dir():
+        raise PreferenceFileError(f"{path}: is a folder; pass a .jsonl file, not a folder")
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; pass the path of a .jsonl file of preference pairs") from None
+
+
+def _describe(skipped: dict[str, list[int]], total: int) -> str:
+    """'skipped 3 of 1,200 rows: 2 identical pair (lines 4, 17), 1 empty response (line 9); 1 blank line (line 30)'."""
+    blank = skipped.get("blank line", [])
+    reasons = {reason: lines for reason, lines in skipped.items() if reason != "blank line"}
+    text = f"skipped {sum(map(len, reasons.values())):,} of {total:,} rows"
+    if reasons:
+        text += ": " + ", ".join(_where(reason, lines) for reason, lines in reasons.items())
+    if blank:
+        text += "; " + _where("blank lines" if len(blank) > 1 else "blank line", blank)
+    return text
+
+
+def _where(reason: str, lines: list[int]) -> str:
+    """'2 identical pair (lines 4, 17)': the count, then the first SHOWN_LINES line numbers and '…' for more."""
+    shown = ", ".join(str(number) for number in lines[:SHOWN_LINES]) + (", …" if len(lines) > SHOWN_LINES else "")
+    return f"{len(lines):,} {reason} ({'lines' if len(lines) > 1 else 'line'} {shown})"

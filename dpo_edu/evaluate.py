@@ -9,7 +9,10 @@ Three numbers, as in the DPO paper's sentiment experiment:
   samples y ~ pi(.|x):  KL = E_x E_y [log pi(y|x) - log pi_ref(y|x)].
   The samples stop at EOS or after max_new_tokens tokens, so this is the KL of
   the two distributions over such truncated completions, which is a KL all the
-  same: non-negative, and 0 only when the two agree.
+  same: non-negative, and 0 only when the two agree. Its estimate is a mean of
+  per-sample log-ratios, which can be negative: near 0 the estimate can dip
+  below 0 by chance, so it is always printed with its standard error
+  (`format_kl`).
 """
 from __future__ import annotations
 
@@ -35,6 +38,14 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
         return mean, math.nan
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(variance / n)
+
+
+def format_kl(kl: float, kl_se: float) -> str:
+    """'KL 7.42 ± 0.24 nats'; a negative estimate says why it can be negative."""
+    text = f"KL {kl:.2f} ± {kl_se:.2f} nats" if math.isfinite(kl_se) else f"KL {kl:.2f} nats"
+    if kl < 0:
+        text += " (a Monte-Carlo estimate: the true KL is >= 0, this sample's mean fell below it by chance)"
+    return text
 
 
 def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]) -> float:

@@ -25,12 +25,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .config import Profile, get_profile
-from .evaluate import evaluate_policy
+from .data import load_preferences
+from .evaluate import evaluate_policy, format_kl
 from .generation import make_pairs, sample_completions, write_jsonl
 from .models import load_model
 from .prompts import load_prompts
 from .rewards import sentiment_rewards
-from .run import prepare_run_dir, train_config
+from .rundir import RunFolder
+from .run import train_config
 from .train import TrainConfig, compute_reference_logps, train_dpo
 from .utils import device_name, get_device, seed_everything
 
@@ -54,83 +56,141 @@ def frontier_config(profile: Profile, method: str, beta: float, seed: int, epoch
 
 
 def frontier(profile: Profile | str | None = None, out: str | Path = "runs/frontier", *, dense: bool = False,
-             model=None, overwrite: bool = False, progress: bool = True, log=print) -> dict:
+             model=None, overwrite: bool = False, resume: bool = False, progress: bool = True, log=print) -> dict:
     """Sweep method x beta x seed (x data setting), evaluating checkpoints; returns the summary (also in out/summary.json).
 
     dense=True sweeps `profile.frontier_dense_betas` (more values: for a GPU).
+    Each evaluation is appended to out/frontier.jsonl as it happens; after an
+    interruption, `resume=True` keeps the training runs that finished (and
+    each seed's pairs) and does the rest, with the options the sweep was started with.
     """
+    folder = RunFolder.check(out, "frontier", overwrite=overwrite, resume=resume)
+    if resume:
+        profile, model, dense = folder.resume_options(profile, model, dense=dense)
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     betas = profile.frontier_dense_betas if dense else profile.frontier_betas
     for beta in betas:  # fail before any work
         for method in METHODS:
             frontier_config(profile, method, beta, 0, 1)
-    out = prepare_run_dir(out, overwrite=overwrite)
     started = time.perf_counter()
     device = get_device()
     reference, tokenizer = load_model(model, device=device)
     reference.eval().requires_grad_(False)
-    train_prompts = load_prompts("train")[: profile.frontier_train_prompts]
-    heldout_prompts = load_prompts("heldout")[: profile.frontier_heldout_prompts]
-    n_runs = len(profile.frontier_seeds) * 2 * len(METHODS) * len(betas)
-    log(f"frontier on {device_name(device)}, profile {profile.name}: {n_runs} training runs "
-        f"({len(profile.frontier_seeds)} seeds x 2 settings x {len(METHODS)} methods x {len(betas)} betas)")
-    rows: list[dict] = []
-    for seed in profile.frontier_seeds:
-        seed_everything(seed)
-        samples = sample_completions(
-            reference, tokenizer, train_prompts, per_prompt=profile.run_samples_per_prompt,
-            max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed,
-        )
-        pairs, _ = make_pairs(samples, sentiment_rewards(samples.texts), rule=profile.run_pairing,
-                              min_gap=profile.run_min_gap, tokenizer=tokenizer)
-        write_jsonl(pairs, out / f"pairs_seed{seed}.jsonl")
-        reference_samples = sample_completions(
-            reference, tokenizer, heldout_prompts, max_new_tokens=profile.frontier_max_new_tokens,
-            batch_size=profile.run_sample_batch_size, seed=seed + 1,
-        )
-        reference_rewards = sentiment_rewards(reference_samples.texts)
-        base = {"seed": seed, "step": 0, "kl": 0.0, "kl_se": 0.0, "reward_mean": statistics.fmean(reference_rewards), "win_rate": 0.5}
-        for setting, (setting_pairs, epochs) in settings_of(pairs, profile).items():
-            reference_logps = compute_reference_logps(reference, tokenizer, setting_pairs, frontier_config(profile, "dpo", 1.0, seed, epochs))
-            for method in METHODS:
-                for beta in betas:
-                    clock = time.perf_counter()
-                    config = frontier_config(profile, method, beta, seed, epochs)
-                    rows.append({**base, "setting": setting, "method": method, "beta": beta, "pairs": len(setting_pairs)})
-                    policy, _ = load_model(model, device=device)  # a fresh copy of the reference
-                    total_steps = epochs * math.ceil(len(setting_pairs) / config.batch_size)
-
-                    def evaluate(record, policy=policy, setting=setting, method=method, beta=beta, total_steps=total_steps):
-                        if record["step"] % profile.frontier_eval_every and record["step"] != total_steps:
-                            return None
-                        result = evaluate_policy(
-                            policy, reference, tokenizer, heldout_prompts, reference_rewards,
-                            max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed + 2,
-                        )
-                        rows.append({"seed": seed, "setting": setting, "method": method, "beta": beta, "pairs": len(setting_pairs),
-                                     "step": record["step"], "train_loss": record["loss"],
-                                     **{k: v for k, v in result.items() if k not in ("samples", "rewards")}})
-                        return None
-
-                    train_dpo(policy, tokenizer, setting_pairs, config, on_step=evaluate, progress=False, reference=reference_logps)
-                    final = rows[-1]
-                    log(f"seed {seed} {setting:>10} {method:>4} beta={beta:<5}: reward {final['reward_mean']:+.3f}, "
-                        f"KL {final['kl']:.2f} after {final['step']} steps ({time.perf_counter() - clock:.0f} s)")
-                    del policy
-    write_jsonl(rows, out / "frontier.jsonl")
+    if not resume:
+        folder.start(profile=profile.name, model=None if model is None else str(model), dense=dense)
+    try:
+        rows = _sweep(profile, betas, folder, reference, tokenizer, model, device, resume=resume, log=log)
+    except BaseException:
+        folder.abandon()  # nothing once a seed's pairs are written; before that, the folder goes and a replaced one comes back
+        raise
+    out = folder.path
     figure = plot_frontier(rows)
     figure.savefig(out / "frontier.png", dpi=110)
-    table = final_table(rows)
-    differences = odpo_minus_dpo(rows)
     summary = {
         "profile": profile.name, "device": device_name(device), "betas": list(betas), "seeds": list(profile.frontier_seeds),
-        "odpo_alpha": profile.frontier_odpo_alpha, "train_prompts": len(train_prompts), "heldout_prompts": len(heldout_prompts),
-        "runs": n_runs, "final": table, "odpo_minus_dpo": differences, "seconds": time.perf_counter() - started,
+        "odpo_alpha": profile.frontier_odpo_alpha, "train_prompts": profile.frontier_train_prompts,
+        "heldout_prompts": profile.frontier_heldout_prompts, "runs": len(_run_keys(profile, betas)), "final": final_table(rows),
+        "odpo_minus_dpo": odpo_minus_dpo(rows), "resumed": resume, "seconds": time.perf_counter() - started,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "frontier.md").write_text(markdown_table(summary), encoding="utf-8")
     log(f"done in {summary['seconds']:.0f} s; see {out / 'frontier.md'}")
     return summary
+
+
+def _run_keys(profile: Profile, betas) -> list[tuple]:
+    """(seed, setting, method, beta) of every training run of the sweep."""
+    return [(seed, setting, method, beta) for seed in profile.frontier_seeds for setting in ("all pairs", "small data")
+            for method in METHODS for beta in betas]
+
+
+def _key(row: dict) -> tuple:
+    return row["seed"], row["setting"], row["method"], row["beta"]
+
+
+def finished_rows(path: Path) -> list[dict]:
+    """The rows of frontier.jsonl that belong to training runs which finished (their last row says "final")."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    finished = {_key(row) for row in rows if row.get("final")}
+    return [row for row in rows if _key(row) in finished]
+
+
+def _seed_pairs(reference, tokenizer, prompts: list[str], profile: Profile, seed: int, path: Path) -> list[dict]:
+    """The seed's preference pairs: read back from `path` when a resumed sweep already wrote them, else sampled and written."""
+    if path.is_file():
+        return load_preferences(path, require_scores=True, log=None)
+    samples = sample_completions(
+        reference, tokenizer, prompts, per_prompt=profile.run_samples_per_prompt,
+        max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed,
+    )
+    pairs, _ = make_pairs(samples, sentiment_rewards(samples.texts), rule=profile.run_pairing, min_gap=profile.run_min_gap, tokenizer=tokenizer)
+    write_jsonl(pairs, path)
+    return pairs
+
+
+def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, model, device, *, resume: bool, log) -> list[dict]:
+    """Train and evaluate every run not yet finished; append each row to frontier.jsonl as it is made; return all rows."""
+    out = folder.path
+    rows_path = out / "frontier.jsonl"
+    rows = finished_rows(rows_path) if resume else []
+    write_jsonl(rows, rows_path)  # a resumed sweep drops the rows of the run it was in the middle of
+    done = {_key(row) for row in rows}
+    todo = [key for key in _run_keys(profile, betas) if key not in done]
+    log(f"frontier on {device_name(device)}, profile {profile.name}: {len(todo)} training runs to do"
+        + (f" ({len(done)} finished before)" if done else "")
+        + f" ({len(profile.frontier_seeds)} seeds x 2 settings x {len(METHODS)} methods x {len(betas)} betas)")
+    train_prompts = load_prompts("train")[: profile.frontier_train_prompts]
+    heldout_prompts = load_prompts("heldout")[: profile.frontier_heldout_prompts]
+    with rows_path.open("a", encoding="utf-8") as rows_file:
+        def record(row: dict) -> None:
+            rows.append(row)
+            rows_file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            rows_file.flush()
+
+        for seed in profile.frontier_seeds:
+            if not any(key[0] == seed for key in todo):
+                continue
+            seed_everything(seed)
+            pairs = _seed_pairs(reference, tokenizer, train_prompts, profile, seed, out / f"pairs_seed{seed}.jsonl")
+            folder.keep()  # the sweep's first result is on disk
+            reference_samples = sample_completions(
+                reference, tokenizer, heldout_prompts, max_new_tokens=profile.frontier_max_new_tokens,
+                batch_size=profile.run_sample_batch_size, seed=seed + 1,
+            )
+            reference_rewards = sentiment_rewards(reference_samples.texts)
+            for setting, (setting_pairs, epochs) in settings_of(pairs, profile).items():
+                keys = [key for key in todo if key[:2] == (seed, setting)]
+                if not keys:
+                    continue
+                reference_logps = compute_reference_logps(reference, tokenizer, setting_pairs, frontier_config(profile, "dpo", 1.0, seed, epochs))
+                for _, _, method, beta in keys:
+                    clock = time.perf_counter()
+                    run = {"seed": seed, "setting": setting, "method": method, "beta": beta, "pairs": len(setting_pairs)}
+                    record({**run, "step": 0, "kl": 0.0, "kl_se": 0.0, "reward_mean": statistics.fmean(reference_rewards), "win_rate": 0.5})
+                    config = frontier_config(profile, method, beta, seed, epochs)
+                    policy, _ = load_model(model, device=device)  # a fresh copy of the reference
+                    total_steps = epochs * math.ceil(len(setting_pairs) / config.batch_size)
+
+                    def evaluate(step_record, policy=policy, run=run, total_steps=total_steps):
+                        if step_record["step"] % profile.frontier_eval_every and step_record["step"] != total_steps:
+                            return None
+                        result = evaluate_policy(
+                            policy, reference, tokenizer, heldout_prompts, reference_rewards,
+                            max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed + 2,
+                        )
+                        record({**run, "step": step_record["step"], "train_loss": step_record["loss"],
+                                **{k: v for k, v in result.items() if k not in ("samples", "rewards")},
+                                **({"final": True} if step_record["step"] == total_steps else {})})
+                        return None
+
+                    train_dpo(policy, tokenizer, setting_pairs, config, on_step=evaluate, progress=False, reference=reference_logps, log=None)
+                    final = rows[-1]
+                    log(f"seed {seed} {setting:>10} {method:>4} beta={beta:<5}: reward {final['reward_mean']:+.3f}, "
+                        f"{format_kl(final['kl'], final['kl_se'])} after {final['step']} steps ({time.perf_counter() - clock:.0f} s)")
+                    del policy
+    return rows
 
 
 def _spread(values: list[float]) -> float:

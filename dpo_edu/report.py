@@ -66,7 +66,9 @@ def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequen
     """report.md: the results table, the plots and sample generations before and after."""
     ref, final = summary["reference"], summary["final"]
     lines = [
-        f"# DPO run: {summary['model']} on {summary['device']} ({summary['profile']} profile)",
+        f"# DPO run on {summary['device']} ({summary['profile']} profile)",
+        "",
+        f"Weights: {summary['model']['weights']}.",
         "",
         f"Finished in {summary['seconds']['total']:.0f} s: pairs {summary['seconds']['pairs']:.0f} s, "
         f"training {summary['seconds']['train']:.0f} s (with evaluation {summary['seconds']['evaluation']:.0f} s), "
@@ -80,7 +82,7 @@ def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequen
         f"| mean reward ± SE | {ref['reward_mean']:.3f} ± {ref['reward_se']:.3f} | {final['reward_mean']:.3f} ± {final['reward_se']:.3f} |",
         f"| reward gain ± SE (paired) | | {final['reward_gain']:+.3f} ± {final['reward_gain_se']:.3f} ({final['reward_gain'] / final['reward_gain_se']:.1f} SE) |",
         f"| win rate against the reference | 50 % | {100 * final['win_rate']:.1f} % |",
-        f"| KL(policy ‖ reference) ± SE, nats | 0 | {final['kl']:.2f} ± {final['kl_se']:.2f} |",
+        f"| KL(policy ‖ reference) ± SE, nats (a Monte-Carlo estimate: can dip below 0) | 0 | {final['kl']:.2f} ± {final['kl_se']:.2f} |",
         "",
         f"Step-1 loss {summary['step0_loss']:.4f} (ln 2 = 0.6931) and margin {summary['step0_margin']:.4f}: the policy started as the reference.",
         "",

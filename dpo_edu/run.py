@@ -27,13 +27,15 @@ from pathlib import Path
 import torch
 
 from .config import Profile, get_profile
-from .evaluate import evaluate_policy, mean_and_se
+from .evaluate import evaluate_policy, format_kl, mean_and_se
 from .data import load_preferences
 from .generation import make_pairs, sample_completions, write_jsonl
-from .models import HUB_ID, load_model
+from .models import load_model, model_provenance
 from .prompts import load_prompts
+from . import checkpoint
 from .report import markdown_report, plot_evaluation, plot_reward_histograms, plot_training, save_figures
 from .rewards import sentiment_rewards
+from .rundir import RunFolder
 from .train import TrainConfig, train_dpo
 from .utils import device_name, get_device, seed_everything
 
@@ -48,23 +50,6 @@ def train_config(profile: Profile, **overrides) -> TrainConfig:
         max_prompt_length=profile.run_max_prompt_length, use_chat_template=False, seed=profile.run_seed,
     )
     return TrainConfig(**{**settings, **overrides})
-
-
-def check_run_dir(out: str | Path, *, overwrite: bool = False) -> None:
-    """Raise if `out` exists and is not empty, unless `overwrite`: a run is never replaced by accident."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} already exists and is not empty; choose another --out, or pass --overwrite to replace it")
-
-
-def prepare_run_dir(out: str | Path, *, overwrite: bool = False) -> Path:
-    """Create `out`; an existing, non-empty folder is an error unless `overwrite` (then it is emptied)."""
-    out = Path(out)
-    check_run_dir(out, overwrite=overwrite)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def build_pairs(model, tokenizer, prompts: list[str], profile: Profile, *, progress: bool = False) -> tuple[list[dict], dict]:
@@ -123,15 +108,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _check_resumable(out: Path) -> None:
-    if (out / "summary.json").exists():
-        raise FileExistsError(f"{out} holds a finished run (summary.json); nothing to resume")
-    for needed in ("pairs.jsonl", "pairs_counts.json", "checkpoints/latest"):
-        if not (out / needed).exists():
-            raise FileNotFoundError(f"{out}: cannot resume, {needed} is missing (the run stopped before its first checkpoint); "
-                                    f"start it again with --overwrite")
-
-
 def save_policy(model, tokenizer, target: Path) -> Path:
     """save_pretrained (safetensors) into a temporary folder, then rename it to `target`."""
     staging = target.with_name(target.name + ".tmp")
@@ -146,35 +122,49 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
         resume: bool = False, progress: bool = True, log=print) -> dict:
     """Pairs, training, evaluation and report for `profile`; returns the summary (also in out/summary.json).
 
-    Training writes a checkpoint to out/checkpoints every `run_checkpoint_every`
-    steps and on Ctrl-C; `resume=True` continues an interrupted run in `out`
-    (its pairs, its checkpoint) and ends with the metrics of an uninterrupted one.
-    The checkpoints are removed once the run has finished: policy/ holds the result.
+    `out` is a run folder (`dpo_edu.rundir`): an existing one is replaced only
+    with `overwrite=True`, and only if it is a dpo-edu run. Training writes a
+    checkpoint to out/checkpoints every `run_checkpoint_every` steps and on
+    Ctrl-C; `resume=True` continues an interrupted run in `out` with the profile
+    and model it was started with: its pairs if they were written, its last
+    checkpoint if there is one, and ends with the metrics of an uninterrupted
+    run. The checkpoints are removed once the run has finished: policy/ holds the result.
     """
+    folder = RunFolder.check(out, "run", overwrite=overwrite, resume=resume)
+    if resume:
+        profile, model = folder.resume_options(profile, model)
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     config = train_config(profile)  # invalid settings fail here, before any work
-    out = Path(out)
-    if resume:
-        _check_resumable(out)
-    else:
-        check_run_dir(out, overwrite=overwrite)  # before the model is even loaded
+    out = folder.path
+    latest = checkpoint.latest_folder(out / "checkpoints") if resume else None
+    continue_training = latest is not None
+    if continue_training:
+        checkpoint.verify(latest)  # a damaged checkpoint fails now, not after minutes of work
+    reuse_pairs = resume and (out / "pairs.jsonl").is_file()
     started = time.perf_counter()
     seed_everything(profile.run_seed)
     device = get_device()
     policy, tokenizer = load_model(model, device=device)  # a missing model fails here, before the run directory is touched
+    provenance = model_provenance(model)  # which weights: after loading, so a cache built just now is named with its hash
     if not resume:
-        prepare_run_dir(out, overwrite=overwrite)
-    log(f"model {model or HUB_ID} on {device_name(device)}; profile {profile.name}; {'resuming' if resume else 'writing'} {out}")
-
+        folder.start(profile=profile.name, model=None if model is None else str(model))
+    log(f"model {provenance['weights']} on {device_name(device)}; profile {profile.name}; {'resuming' if resume else 'writing'} {out}")
     train_prompts = load_prompts("train")[: profile.run_train_prompts]
     heldout_prompts = load_prompts("heldout")[: profile.run_heldout_prompts]
-    if resume:
-        pairs = load_preferences(out / "pairs.jsonl", require_scores=True, log=log)
-        pair_counts = json.loads((out / "pairs_counts.json").read_text(encoding="utf-8"))
-    else:
-        pairs, pair_counts = build_pairs(policy, tokenizer, train_prompts, profile, progress=progress)
-        write_jsonl(pairs, out / "pairs.jsonl")
-        (out / "pairs_counts.json").write_text(json.dumps(pair_counts, indent=1) + "\n", encoding="utf-8")
+    try:
+        if reuse_pairs:
+            pairs = load_preferences(out / "pairs.jsonl", require_scores=True, log=log)
+            pair_counts = json.loads((out / "pairs_counts.json").read_text(encoding="utf-8"))
+        else:
+            pairs, pair_counts = build_pairs(policy, tokenizer, train_prompts, profile, progress=progress)
+            (out / "pairs_counts.json").write_text(json.dumps(pair_counts, indent=1) + "\n", encoding="utf-8")
+            write_jsonl(pairs, out / "pairs.jsonl")  # the run's first result: --resume starts from here
+    except BaseException:
+        folder.abandon()  # a new folder goes, a replaced run comes back
+        raise
+    folder.keep()  # from here on the old run (if --overwrite replaced one) is gone, and this run is resumable
+    if not continue_training:
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # steps logged before any checkpoint are trained again
     pairs_seconds = time.perf_counter() - started
     log(f"pairs: {pair_counts['pairs']} from {len(train_prompts)} prompts x {profile.run_samples_per_prompt} samples "
         f"(dropped: {pair_counts['small_gap']} with a score gap < {profile.run_min_gap}, {pair_counts['unusable_text']} unusable samples) "
@@ -189,7 +179,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
         result = evaluator(policy, step, policy_is_reference=policy_is_reference)
         eval_seconds += time.perf_counter() - clock
         log(f"eval at step {step}: reward {result['eval/reward_mean']:.3f} ± {result['eval/reward_se']:.3f}, "
-            f"win rate {result['eval/win_rate']:.3f}, KL {result['eval/kl']:.2f}")
+            f"win rate {result['eval/win_rate']:.3f}, {format_kl(result['eval/kl'], result['eval/kl_se'])}")
         return result
 
     evaluate(0, policy_is_reference=True)
@@ -202,7 +192,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
 
     train_started = time.perf_counter()
     history = train_dpo(policy, tokenizer, pairs, config, metrics_path=out / "metrics.jsonl", on_step=on_step, progress=progress,
-                        checkpoint_dir=out / "checkpoints", checkpoint_every=profile.run_checkpoint_every, resume=resume, log=log)
+                        checkpoint_dir=out / "checkpoints", checkpoint_every=profile.run_checkpoint_every, resume=continue_training, log=log)
     train_seconds = time.perf_counter() - train_started
     if evaluator.results[-1]["step"] != len(history):  # resumed after the last step: evaluate the final policy again
         evaluate(len(history))
@@ -222,7 +212,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     final = evaluator.results[-1]
     reference_mean, reference_se = mean_and_se(evaluator.reference_rewards)
     summary = {
-        "model": str(model or HUB_ID), "device": device_name(device), "profile": profile.name,
+        "model": provenance, "device": device_name(device), "profile": profile.name,
         "train_config": dataclasses.asdict(config), "pairs": pair_counts, "steps": len(history),
         "heldout_prompts": len(heldout_prompts),
         "step0_loss": history[0]["loss"], "step0_margin": history[0]["rewards/margins"],
@@ -240,5 +230,5 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     ]
     (out / "report.md").write_text(markdown_report(summary, plot_paths, examples), encoding="utf-8")
     log(f"done in {summary['seconds']['total']:.0f} s: win rate {final['win_rate']:.3f}, reward gain "
-        f"{final['reward_gain']:+.3f} ± {final['reward_gain_se']:.3f}, KL {final['kl']:.2f}; see {out / 'report.md'}")
+        f"{final['reward_gain']:+.3f} ± {final['reward_gain_se']:.3f}, {format_kl(final['kl'], final['kl_se'])}; see {out / 'report.md'}")
     return summary

@@ -22,7 +22,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, get_args, get_type_hints
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,6 +41,8 @@ METRIC_NAMES = (
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Every knob of `train_dpo`; each field's type and range is checked on creation, all problems in one ValueError."""
+
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -60,36 +62,79 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.beta > 0:
-            problems.append(f"beta must be > 0, got {self.beta}")
-        if self.loss_type not in LOSS_TYPES:
-            problems.append(f"loss_type {self.loss_type!r} is not one of: {', '.join(LOSS_TYPES)}")
-        if not 0 <= self.label_smoothing < 0.5:
-            problems.append(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            problems.append(f"mixed_precision {self.mixed_precision!r} is not one of: {', '.join(MIXED_PRECISION)}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
-        for name in ("batch_size", "gradient_accumulation_steps", "epochs", "max_length"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % max(self.gradient_accumulation_steps, 1):
-            problems.append(f"batch_size {self.batch_size} must be a multiple of gradient_accumulation_steps {self.gradient_accumulation_steps}")
-        if not 1 <= self.max_prompt_length < self.max_length:
-            problems.append(f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} with max_length {self.max_length}")
-        if self.odpo_alpha is not None and not (self.odpo_alpha >= 0 and math.isfinite(self.odpo_alpha)):
-            problems.append(f"odpo_alpha must be None (DPO) or a finite number >= 0, got {self.odpo_alpha}")
-        if self.odpo_alpha is not None and self.loss_type != "sigmoid":
-            problems.append(f"odpo_alpha needs loss_type 'sigmoid' (the offset sits inside the sigmoid), got {self.loss_type!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        names = [field.name for field in dataclasses.fields(self)]
+        bad = {name: problem for name in names if (problem := _field_problem(name, getattr(self, name)))}
+        problems = [*bad.values(), *self._clashes(valid=set(names) - bad.keys())]
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def _clashes(self, valid: set[str]) -> list[str]:
+        """Problems between fields, each checked only when the fields it reads are valid on their own."""
+        problems = []
+        if valid >= {"batch_size", "gradient_accumulation_steps"} and self.batch_size % self.gradient_accumulation_steps:
+            problems.append(f"batch_size {self.batch_size} must be a multiple of gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if valid >= {"max_prompt_length", "max_length"} and self.max_prompt_length >= self.max_length:
+            problems.append(f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} with max_length {self.max_length}")
+        if valid >= {"odpo_alpha", "loss_type"} and self.odpo_alpha is not None and self.loss_type != "sigmoid":
+            problems.append(f"odpo_alpha needs loss_type 'sigmoid' (the offset sits inside the sigmoid), got {self.loss_type!r}")
+        if valid >= {"label_smoothing", "loss_type"} and self.label_smoothing and self.loss_type != "sigmoid":
+            problems.append(f"label_smoothing needs loss_type 'sigmoid' (cDPO smooths the sigmoid's labels), got {self.loss_type!r}; set it to 0")
+        return problems
 
     @property
     def micro_batch_size(self) -> int:
         return self.batch_size // self.gradient_accumulation_steps
+
+
+def _above(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value > low), f"> {low}"
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value >= low), f">= {low}"
+
+
+def _within(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: low <= value < high), f"in [{low}, {high})"
+
+
+# A TrainConfig field's type is its annotation ("| None": None will do); its range, or its allowed strings, is here.
+_RANGES = {
+    "beta": _above(0), "label_smoothing": _within(0, 0.5), "learning_rate": _above(0), "weight_decay": _at_least(0),
+    "batch_size": _at_least(1), "gradient_accumulation_steps": _at_least(1), "epochs": _at_least(1), "max_steps": _at_least(1),
+    "warmup_steps": _at_least(0), "max_grad_norm": _above(0), "max_length": _at_least(1), "max_prompt_length": _at_least(1),
+    "odpo_alpha": _at_least(0), "seed": _within(0, 2**32),  # numpy's seeds
+}
+_CHOICES = {"loss_type": LOSS_TYPES, "mixed_precision": MIXED_PRECISION}
+_KINDS = {int: "an int", float: "a finite number", bool: "True or False", str: "a string"}
+
+
+def _is_a(kind: type, value: Any) -> bool:
+    """isinstance(value, kind), except that a bool is no number and a float must be finite (an int will do)."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with TrainConfig field `name` set to `value`, in words; None if nothing."""
+    if name in _CHOICES:
+        return None if isinstance(value, str) and value in _CHOICES[name] else f"{name} {value!r} is not one of: {', '.join(_CHOICES[name])}"
+    kinds = set(get_args(_HINTS[name]) or [_HINTS[name]])
+    optional = type(None) in kinds
+    if optional and value is None:
+        return None
+    (kind,) = kinds - {type(None)}
+    none_or = "None or " if optional else ""
+    if not _is_a(kind, value):
+        return f"{name} must be {none_or}{_KINDS[kind]}, got {value!r} ({type(value).__name__})"
+    in_range, words = _RANGES.get(name, (lambda _: True, ""))
+    return None if in_range(value) else f"{name} must be {none_or}{words}, got {value!r}"
+
+
+_HINTS = get_type_hints(TrainConfig)
 
 
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:

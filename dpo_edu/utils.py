@@ -16,25 +16,50 @@ def _mps_available() -> bool:
     return mps is not None and mps.is_available()
 
 
+DEVICE_NAMES = ("cpu", "cuda", "cuda:N", "mps")
+
+
 def get_device(prefer: str | None = None) -> torch.device:
     """Pick CUDA, then Apple's MPS, then CPU; `prefer` (or $DPO_EDU_DEVICE) overrides.
 
-    An override naming a device this machine lacks fails here, not later in a run.
+    An override that is no device name, or names a device this machine lacks,
+    fails here in one ValueError naming the usable ones, not later in a run.
     """
     source = "argument" if prefer else "$DPO_EDU_DEVICE"
     prefer = prefer or os.environ.get("DPO_EDU_DEVICE")
     if prefer:
-        device = torch.device(prefer)
-        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _mps_available()}
-        if not available.get(device.type, False):
-            usable = ", ".join(name for name, ok in available.items() if ok)
-            raise ValueError(f"device {prefer!r} (from {source}) is not available here; usable: {usable}")
-        return device
+        return _named_device(prefer, source)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _named_device(name: str, source: str) -> torch.device:
+    """`name` as a torch.device if this machine has it; else a ValueError saying which devices it has."""
+    where = f"device {name!r} (from {source})"
+    try:
+        device = torch.device(name.strip().lower())
+    except RuntimeError:
+        raise ValueError(f"{where} is not a device name; accepted: {', '.join(DEVICE_NAMES)} (usable here: {_usable_devices()})") from None
+    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _mps_available()}.get(device.type, False)
+    if device.type == "cuda" and device.index is not None:
+        present = present and device.index < torch.cuda.device_count()
+    if not present:
+        raise ValueError(f"{where} is not available here; usable: {_usable_devices()}")
+    return device
+
+
+def _usable_devices() -> str:
+    """The devices this machine has, e.g. 'cpu, cuda (cuda:0 to cuda:3)'."""
+    usable = ["cpu"]
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        usable.append("cuda (cuda:0" + (f" to cuda:{count - 1})" if count > 1 else ")"))
+    if _mps_available():
+        usable.append("mps")
+    return ", ".join(usable)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -161,3 +161,23 @@ def test_an_ignored_sigint_stays_ignored(tokenizer, tmp_path):
         assert len(history) == 3 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "tensors.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_a_truncated_checkpoint_is_named_before_loading(tokenizer, tmp_path, name):
+    """A checkpoint cut short (a full disk, a copy interrupted): one line naming the file, never a loader's traceback."""
+    from dpo_edu.checkpoint import CheckpointError, latest_folder, verify
+
+    train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, TrainConfig(**{**CONFIG, "epochs": 1}), progress=False, log=None,
+              checkpoint_dir=tmp_path)
+    damaged = latest_folder(tmp_path) / name
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=rf"{damaged} is damaged \(.*\).*Delete {tmp_path} ") as caught:
+        verify(latest_folder(tmp_path))
+    assert len(str(caught.value).splitlines()) == 1
+    with pytest.raises(CheckpointError, match=f"{name} is damaged"):
+        train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, TrainConfig(**{**CONFIG, "epochs": 1}), progress=False, log=None,
+                  checkpoint_dir=tmp_path, resume=True)
+    damaged.unlink()
+    with pytest.raises(CheckpointError, match=f"{name} is damaged \\(missing\\)"):
+        verify(latest_folder(tmp_path))

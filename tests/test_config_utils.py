@@ -61,3 +61,17 @@ def test_autocast_ignores_emulated_bf16(monkeypatch):
     assert autocast_dtype(torch.device("cuda")) is torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert autocast_dtype(torch.device("cuda")) is torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "GPU0", ""])
+def test_unknown_device_name_is_one_clear_error(monkeypatch, name):
+    monkeypatch.setenv("DPO_EDU_DEVICE", name or " ")
+    with pytest.raises(ValueError, match=r"^device '.*' \(from \$DPO_EDU_DEVICE\) is not a device name; accepted: cpu, cuda, cuda:N, mps \(usable here: cpu[^\n]*\)$"):
+        get_device()
+
+
+def test_cuda_index_beyond_the_devices_fails_early(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"'cuda:3' \(from argument\) is not available here; usable: cpu, cuda \(cuda:0\)$"):
+        get_device("cuda:3")

@@ -35,15 +35,72 @@ def test_small_data_trains_for_as_many_steps():
     assert len(all_pairs) * epochs == len(small) * small_epochs == 96 and len(small) == profile.frontier_small_pairs
 
 
-def test_the_smoke_frontier_writes_its_figure_table_and_rows(tmp_path):
-    out = tmp_path / "frontier"
+@pytest.fixture(scope="module")
+def frontier_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("frontier") / "whole"
     assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def read_rows(folder):
+    return [json.loads(line) for line in (folder / "frontier.jsonl").read_text().splitlines()]
+
+
+def test_the_smoke_frontier_writes_its_figure_table_and_rows(frontier_dir):
+    out = frontier_dir
     summary = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "frontier.jsonl").read_text().splitlines()]
+    rows = read_rows(out)
     profile = get_profile("smoke")
     runs = 2 * 2 * len(profile.frontier_betas) * len(profile.frontier_seeds)
     assert summary["runs"] == runs and len(summary["final"]) == runs // len(profile.frontier_seeds)
     assert sum(row["step"] == 0 for row in rows) == runs and all(row["kl"] == 0 for row in rows if row["step"] == 0)
+    assert sum(bool(row.get("final")) for row in rows) == runs
     assert {row["method"] for row in rows} == {"dpo", "odpo"} and {row["setting"] for row in rows} == {"all pairs", "small data"}
     assert (out / "frontier.png").stat().st_size > 10_000 and "![frontier](frontier.png)" in (out / "frontier.md").read_text()
     assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet"]) == 2  # never overwritten
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_resume_does_the_rest(frontier_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the third training run: the two finished runs stay in frontier.jsonl, no traceback, and --resume
+    (with the sweep's own profile) ends with the rows of an uninterrupted sweep."""
+    import os
+    import signal
+
+    from dpo_edu import frontier as frontier_module
+
+    original, calls = frontier_module.train_dpo, []
+
+    def ctrl_c_in_the_third_run(*args, on_step, **kwargs):
+        calls.append(1)
+
+        def on_step_then_ctrl_c(record):
+            extra = on_step(record)
+            if len(calls) == 3 and record["step"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return extra
+
+        return original(*args, on_step=on_step_then_ctrl_c, **kwargs)
+
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(frontier_module, "train_dpo", ctrl_c_in_the_third_run)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    error = capsys.readouterr()
+    assert f"dpo-edu frontier --out {out} --resume" in error.err and "checkpoint" not in error.out + error.err
+    assert sum(bool(row.get("final")) for row in read_rows(out)) == 2
+    monkeypatch.setattr(frontier_module, "train_dpo", original)
+    monkeypatch.setenv("DPO_EDU_PROFILE", "full")
+    assert main(["frontier", "--out", str(out), "--resume", "--quiet"]) == 0
+
+    def by_run(rows):
+        return sorted(rows, key=lambda row: (row["seed"], row["setting"], row["method"], row["beta"], row["step"]))
+
+    assert by_run(read_rows(out)) == by_run(read_rows(frontier_dir))
+    def final(folder):
+        table = json.loads((folder / "summary.json").read_text())["final"]
+        return sorted(table, key=lambda row: (row["setting"], row["method"], row["beta"]))
+
+    assert final(out) == final(frontier_dir)

@@ -109,3 +109,12 @@ def test_evaluation_of_the_reference_against_itself(model, tokenizer):
     assert 0.0 <= same["win_rate"] <= 1.0 and len(same["samples"]) == 3
     with pytest.raises(ValueError, match="2 reference rewards for 3 prompts"):
         evaluate_policy(model, None, tokenizer, PROMPTS, [0.0, 0.0])
+
+
+def test_a_negative_kl_estimate_is_printed_with_its_se_and_why():
+    from dpo_edu.evaluate import format_kl
+
+    assert format_kl(7.4213, 0.2391) == "KL 7.42 ± 0.24 nats"
+    negative = format_kl(-0.1, 0.12)
+    assert negative.startswith("KL -0.10 ± 0.12 nats (a Monte-Carlo estimate") and "true KL is >= 0" in negative
+    assert format_kl(0.0, float("nan")) == "KL 0.00 nats"

@@ -1,6 +1,7 @@
 """`load_preferences` on every kind of bad file: a clear error naming file, line and field, or a counted skip."""
 import json
 import math
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -83,11 +84,33 @@ def test_rows_that_teach_nothing_are_skipped_and_counted_in_one_line(tmp_path):
     messages = []
     rows = load_preferences(write(tmp_path, lines), log=messages.append)
     assert rows == [GOOD, SCORED]
-    assert messages == ["prefs.jsonl: skipped 5 of 7 rows: 2 identical pair, 1 empty response, 1 empty prompt, 1 tied scores; 1 blank line"]
+    assert messages == [
+        "prefs.jsonl: skipped 5 of 7 rows: 2 identical pair (lines 2, 3), 1 empty response (line 4), 1 empty prompt (line 5), "
+        "1 tied scores (line 6); 1 blank line (line 7)"
+    ]
+
+
+def test_skipped_lines_are_listed_up_to_five_per_reason(tmp_path):
+    same = {**GOOD, "chosen": GOOD["rejected"]}
+    lines = [GOOD] + [same] * 1_200 + ["", "", GOOD]
+    messages = []
+    load_preferences(write(tmp_path, lines), log=messages.append)
+    assert messages == ["prefs.jsonl: skipped 1,200 of 1,202 rows: 1,200 identical pair (lines 2, 3, 4, 5, 6, …); 2 blank lines (lines 1202, 1203)"]
+
+
+def test_a_folder_is_refused_in_one_line(tmp_path):
+    with pytest.raises(PreferenceFileError, match=rf"^{re.escape(str(tmp_path))}: is a folder; pass a .jsonl file, not a folder$"):
+        load_preferences(tmp_path)
+
+
+def test_a_missing_file_is_named_in_one_line(tmp_path):
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(FileNotFoundError, match=rf"^{re.escape(str(path))}: no such file; pass the path of a .jsonl file of preference pairs$"):
+        load_preferences(path)
 
 
 def test_a_file_with_nothing_usable_is_an_error(tmp_path):
-    with pytest.raises(PreferenceFileError, match=r"no usable preference pair \(skipped 1 of 1 rows: 1 identical pair\)"):
+    with pytest.raises(PreferenceFileError, match=r"no usable preference pair \(skipped 1 of 1 rows: 1 identical pair \(line 1\)\)"):
         load_preferences(write(tmp_path, [{**GOOD, "chosen": GOOD["rejected"]}]))
     with pytest.raises(PreferenceFileError, match=r"no usable preference pair"):
         load_preferences(write(tmp_path, [""], name="empty.jsonl"))

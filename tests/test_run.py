@@ -5,7 +5,7 @@ import math
 import pytest
 
 from dpo_edu.cli import main
-from dpo_edu.run import prepare_run_dir
+from dpo_edu.rundir import MARKER
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_the_run_directory_has_every_artifact(run_dir):
-    for name in ("pairs.jsonl", "metrics.jsonl", "summary.json", "report.md", "policy/config.json", "policy/model.safetensors",
+    for name in (MARKER, "pairs.jsonl", "metrics.jsonl", "summary.json", "report.md", "policy/config.json", "policy/model.safetensors",
                  "plots/training.png", "plots/heldout.png", "plots/reward_histograms.png"):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.glob("**/*.tmp"))
@@ -69,16 +69,6 @@ def test_an_existing_run_is_never_overwritten_without_the_flag(run_dir, capsys):
     assert (run_dir / "summary.json").read_bytes() == before
 
 
-def test_prepare_run_dir(tmp_path):
-    assert prepare_run_dir(tmp_path / "new").is_dir()
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        prepare_run_dir(tmp_path / "full")
-    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    assert list(prepare_run_dir(tmp_path / "full", overwrite=True).iterdir()) == []
-
-
 def test_ctrl_c_then_resume_gives_the_uninterrupted_run(run_dir, tmp_path, monkeypatch, capsys):
     """Ctrl-C during training saves a checkpoint (exit code 130); --resume finishes with the same metrics and report."""
     import os
@@ -104,10 +94,12 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(run_dir, tmp_path, monke
         assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert "interrupted after step 2" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "interrupted after step 2" in error and f"dpo-edu run --out {out} --resume" in error
     assert (out / "checkpoints" / "latest").is_file() and not (out / "summary.json").exists()
     monkeypatch.setattr(run_module, "train_dpo", original)
-    assert main(["run", "--profile", "smoke", "--out", str(out), "--resume", "--quiet"]) == 0
+    monkeypatch.setenv("DPO_EDU_PROFILE", "full")  # --resume uses the run's own profile, not the environment's
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 0
     assert not (out / "checkpoints").exists()  # removed once the run finished
 
     def metrics(folder):
@@ -125,5 +117,80 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys):
     assert main(["run", "--profile", "smoke", "--out", str(tmp_path / "x"), "--model", str(tmp_path / "no-such-model"), "--quiet"]) == 2
     assert "no-such-model" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["run", "--profile", "smoke", "--out", str(tmp_path / "y"), "--resume", "--quiet"]) == 2
-    assert "cannot resume" in capsys.readouterr().err
+    assert "does not exist: there is nothing to resume" in capsys.readouterr().err
     assert main(["run", "--out", str(tmp_path / "z"), "--resume", "--overwrite"]) == 2
+
+
+def metrics_without_timing(folder):
+    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_second"}
+            for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_double_ctrl_c_a_damaged_checkpoint_and_resuming_from_the_pairs(run_dir, tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C stops at once: the message points at --resume (never --overwrite). A truncated checkpoint is
+    named before the model loads; without the checkpoint, --resume trains again from the saved pairs."""
+    import os
+    import signal
+
+    from dpo_edu import run as run_module
+
+    original = run_module.train_dpo
+
+    def ctrl_c_twice_at_step_3(*args, on_step, **kwargs):
+        def on_step_then_ctrl_c(record):
+            if record["step"] == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # the first: finish the step and save
+                os.kill(os.getpid(), signal.SIGINT)  # the second: stop now
+            return on_step(record)
+
+        return original(*args, on_step=on_step_then_ctrl_c, **kwargs)
+
+    out = tmp_path / "twice"
+    monkeypatch.setattr(run_module, "train_dpo", ctrl_c_twice_at_step_3)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    error = capsys.readouterr().err
+    assert "step-000002" in error and "--resume" in error and "--overwrite" not in error
+    monkeypatch.setattr(run_module, "train_dpo", original)
+
+    weights = out / "checkpoints" / "step-000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a disk that filled up, a copy cut short
+    monkeypatch.setattr(run_module, "load_model", lambda *a, **k: pytest.fail("the model loaded before the checkpoint was checked"))
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert f"{weights} is damaged (1,000 bytes" in error and "Delete" in error and len(error.strip().splitlines()) == 1
+    monkeypatch.undo()
+
+    import shutil
+
+    shutil.rmtree(out / "checkpoints")
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert metrics_without_timing(out) == metrics_without_timing(run_dir)
+
+
+def test_ctrl_c_while_sampling_keeps_nothing_and_puts_a_replaced_run_back(run_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from dpo_edu import run as run_module
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "build_pairs", ctrl_c)
+    assert main(["run", "--profile", "smoke", "--out", str(tmp_path / "new"), "--quiet"]) == 130
+    assert "nothing was kept" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    assert main(["run", "--profile", "smoke", "--out", str(old), "--overwrite", "--quiet"]) == 130
+    capsys.readouterr()
+    assert (old / "summary.json").read_bytes() == (run_dir / "summary.json").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]  # no old.old left behind
+
+
+def test_the_report_names_the_weights_it_used(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["model"]["weights"] in (run_dir / "report.md").read_text(encoding="utf-8")

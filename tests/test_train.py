@@ -1,4 +1,5 @@
 """The trainer on a tiny random Llama (fast); the full run on the real model is notebook 06's job."""
+import dataclasses
 import json
 import math
 
@@ -75,11 +76,40 @@ def test_same_seed_same_metrics(tokenizer):
         ({"max_prompt_length": 200, "max_length": 128}, "max_prompt_length"),
         ({"odpo_alpha": -1.0}, "odpo_alpha must be None"),
         ({"odpo_alpha": 1.0, "loss_type": "ipo"}, "odpo_alpha needs loss_type 'sigmoid'"),
+        ({"max_grad_norm": -1}, r"max_grad_norm must be > 0, got -1"),  # trained backwards: loss 0.69 -> 7.7 in 4 steps
+        ({"max_grad_norm": float("nan")}, r"max_grad_norm must be a finite number, got nan"),
+        ({"learning_rate": float("inf")}, r"learning_rate must be a finite number, got inf"),
+        ({"beta": float("inf")}, r"beta must be a finite number, got inf"),
+        ({"epochs": 1.5}, r"epochs must be an int, got 1.5 \(float\)"),
+        ({"batch_size": "8"}, r"batch_size must be an int, got '8' \(str\)"),
+        ({"seed": True}, r"seed must be an int, got True \(bool\)"),
+        ({"seed": -1}, r"seed must be in \[0, 4294967296\), got -1"),  # numpy's seed range
+        ({"warmup_steps": -5}, r"warmup_steps must be >= 0, got -5"),
+        ({"weight_decay": -1}, r"weight_decay must be >= 0, got -1"),
+        ({"max_steps": 2.5}, r"max_steps must be None or an int, got 2.5"),
+        ({"use_chat_template": "yes"}, r"use_chat_template must be None or True or False, got 'yes' \(str\)"),
+        ({"loss_type": "ipo", "label_smoothing": 0.1}, r"label_smoothing needs loss_type 'sigmoid'"),
+        ({"loss_type": "hinge", "label_smoothing": 0.1}, r"label_smoothing needs loss_type 'sigmoid'"),
     ],
 )
 def test_bad_config_fails_before_any_work(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("field", [field.name for field in dataclasses.fields(TrainConfig)])
+def test_every_field_is_checked_in_one_line_naming_it(field):
+    with pytest.raises(ValueError, match=rf"^invalid TrainConfig: {field}\b[^\n]*$"):
+        TrainConfig(**{field: object()})
+
+
+def test_all_problems_are_reported_together_without_a_type_error():
+    with pytest.raises(ValueError) as error:
+        TrainConfig(beta=0, epochs=1.5, batch_size="8", gradient_accumulation_steps=2, max_length="64", loss_type="kto")
+    message = str(error.value)
+    for field in ("beta", "epochs", "batch_size", "max_length", "loss_type"):
+        assert f"{field} " in message
+    assert message.count(";") == 4  # five problems, one line
 
 
 SCORED = [dict(example, chosen_score=0.9 - 0.3 * i, rejected_score=-0.5 + 0.1 * i) for i, example in enumerate(EXAMPLES)]

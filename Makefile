@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup lab run test test-floor test-package test-notebooks notebooks times clean
+.PHONY: setup lab run bench test test-floor test-package test-notebooks notebooks times clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ PROFILE ?= full
 OUT     ?= runs/dpo
 run: setup
 	$(VENV)/bin/dpo-edu run --profile $(PROFILE) --out $(OUT) $(ARGS)
+
+# Speed and memory against TRL's DPOTrainer on identical batches (installs the `bench` extra: TRL).
+# Prints s/step, tokens/s, peak RSS and their ratios; bf16 only where the CPU has it in hardware.
+bench: setup
+	$(PIP) install --quiet -e '.[bench]'
+	$(PY) benchmarks/train_vs_trl.py --precision both
 
 # The oldest transformers the package allows (pyproject.toml's floor), with the
 # oldest tokenizers and huggingface_hub that release accepts, installed without

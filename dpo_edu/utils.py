@@ -62,6 +62,15 @@ def _usable_devices() -> str:
     return ", ".join(usable)
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast pays off.
+
+    Elsewhere (e.g. a CPU with AVX2 only) bf16 is emulated and many times slower than fp32.
+    """
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed-precision dtype for `device`: bf16 where the GPU has it, fp16 on other GPUs, None on CPU."""
     if device.type == "cuda":

@@ -75,3 +75,15 @@ def test_cuda_index_beyond_the_devices_fails_early(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"'cuda:3' \(from argument\) is not available here; usable: cpu, cuda \(cuda:0\)$"):
         get_device("cuda:3")
+
+
+def test_cpu_bf16_follows_the_hardware_probes(monkeypatch):
+    """bf16 autocast on a CPU pays off only with AVX512-BF16 or AMX; an AVX2-only CPU emulates it, many times slower."""
+    import torch
+
+    from dpo_edu.utils import cpu_bf16_supported
+
+    for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value, raising=False)
+        assert cpu_bf16_supported() is expected

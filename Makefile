@@ -33,11 +33,13 @@ OUT     ?= runs/dpo
 run: setup
 	$(VENV)/bin/dpo-edu run --profile $(PROFILE) --out $(OUT) $(ARGS)
 
-# Speed and memory against TRL's DPOTrainer on identical batches (installs the `bench` extra: TRL).
+# Speed and memory against TRL's DPOTrainer on identical batches (installs the `bench` extra: TRL),
+# and the course's sampler against plain `generate`.
 # Prints s/step, tokens/s, peak RSS and their ratios; bf16 only where the CPU has it in hardware.
 bench: setup
 	$(PIP) install --quiet -e '.[bench]'
 	$(PY) benchmarks/train_vs_trl.py --precision both
+	$(PY) benchmarks/sampling_vs_generate.py --rows 128
 
 # The oldest transformers the package allows (pyproject.toml's floor), with the
 # oldest tokenizers and huggingface_hub that release accepts, installed without

@@ -9,8 +9,10 @@ of 30, plus EOS: 55 tokens, no truncation at max_length 64, no padding), so
 every batch of 8 pairs is the same work for both trainers whatever the shuffle.
 Both run SmolLM2-135M-Instruct with AdamW, no warm-up, no gradient
 checkpointing (TRL 1.x turns it on by default; it trades time for memory) and
-the same thread count. Each variant runs in a fresh process, so its peak RSS
-is its own. Times are the mean of `--steps` optimizer steps after `--warmup`.
+the same thread count; `dpo-edu-checkpointing` is dpo-edu with
+`TrainConfig(gradient_checkpointing=True)`, the memory-saving point. Each
+variant runs in a fresh process, so its peak RSS is its own (model loading
+included). Times are the mean of `--steps` optimizer steps after `--warmup`.
 The ratios are against TRL with precomputed reference log-probs (its fastest
 mode) in the same precision, measured in the same run.
 """
@@ -55,17 +57,18 @@ def tokens_per_step() -> int:
     return PAIRS_PER_STEP * 2 * (2 + PROMPT_WORDS + RESPONSE_WORDS + 1)  # chosen and rejected rows, with EOS
 
 
-def run_dpo_edu(pairs, steps: int, precision: str) -> list[float]:
+def run_dpo_edu(pairs, steps: int, precision: str, gradient_checkpointing: bool = False) -> tuple[list[float], list[float]]:
     from dpo_edu.models import load_model
     from dpo_edu.train import TrainConfig, train_dpo
 
     model, tokenizer = load_model(device="cpu")
     config = TrainConfig(beta=0.1, learning_rate=5e-5, batch_size=PAIRS_PER_STEP, epochs=1, max_steps=steps, warmup_steps=0,
                          max_length=MAX_LENGTH, max_prompt_length=32, use_chat_template=False,
-                         mixed_precision="bf16" if precision == "bf16" else "no")
+                         mixed_precision="bf16" if precision == "bf16" else "no", gradient_checkpointing=gradient_checkpointing)
     stamps = [time.perf_counter()]
-    train_dpo(model, tokenizer, pairs, config, progress=False, log=None, on_step=lambda record: stamps.append(time.perf_counter()))
-    return [b - a for a, b in zip(stamps[1:], stamps[2:])]  # from the end of step 1 on: the reference pass is not a step
+    history = train_dpo(model, tokenizer, pairs, config, progress=False, log=None, on_step=lambda record: stamps.append(time.perf_counter()))
+    times = [b - a for a, b in zip(stamps[1:], stamps[2:])]  # from the end of step 1 on: the reference pass is not a step
+    return times, [record["loss"] for record in history]
 
 
 def run_trl(pairs, steps: int, precision: str, precompute: bool) -> list[float]:
@@ -101,11 +104,12 @@ def worker(name: str, steps: int) -> dict:
 
     torch.manual_seed(0)
     pairs = make_pairs(load_tokenizer(), PAIRS_PER_STEP * steps)
-    if trainer == "dpo-edu":
-        times = run_dpo_edu(pairs, steps, precision)
+    losses: list[float] = []
+    if trainer.startswith("dpo-edu"):
+        times, losses = run_dpo_edu(pairs, steps, precision, gradient_checkpointing=trainer == "dpo-edu-checkpointing")
     else:
         times = run_trl(pairs, steps, precision, precompute=trainer == "trl-precompute")
-    return {"name": name, "step_seconds": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"name": name, "step_seconds": times, "losses": losses, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads()}
 
 
@@ -129,7 +133,7 @@ def main() -> None:
         print(f"this CPU has no bf16 in hardware (torch sees {torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX): "
               f"bf16 autocast would be emulated, so the bf16 variants are skipped")
         precisions = tuple(p for p in precisions if p != "bf16") or sys.exit(1)
-    names = [f"{t}-{p}" for p in precisions for t in ("trl-reference", "trl-precompute", "dpo-edu") if not (t == "trl-reference" and p == "bf16")]
+    names = [f"{t}-{p}" for p in precisions for t in ("trl-reference", "trl-precompute", "dpo-edu", "dpo-edu-checkpointing") if not (t == "trl-reference" and p == "bf16")]
     names = [name for name in names if not args.only or name in args.only]
     results = {}
     for name in names:

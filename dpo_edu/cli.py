@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_pipeline(args.profile, args.out, model=args.model, overwrite=args.overwrite, resume=args.resume,
-                               progress=not args.quiet)
+                               progress=not args.quiet, precision=args.precision)
     except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as error:
         print(f"dpo-edu run: {error}", file=sys.stderr)
         return 2
@@ -65,7 +65,7 @@ def frontier(args: argparse.Namespace) -> int:
         return 2
     try:
         sweep(args.profile, args.out, dense=args.dense, model=args.model, overwrite=args.overwrite, resume=args.resume,
-              progress=not args.quiet)
+              progress=not args.quiet, precision=args.precision)
     except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as error:
         print(f"dpo-edu frontier: {error}", file=sys.stderr)
         return 2
@@ -82,6 +82,9 @@ def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing run folder (only one a dpo-edu run made; the old run is kept until the new one has results)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out, with the options it was started with")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                        help="autocast for sampling, training and evaluation (default: the run's own with --resume, else auto: "
+                             "bf16 on GPUs and CPUs that have it in hardware, else fp32); weights stay float32")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -17,14 +17,20 @@ Three numbers, as in the DPO paper's sentiment experiment:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from .data import IGNORE_INDEX
-from .generation import Samples, _mixed_precision, sample_completions
+from .generation import Samples, sample_completions
 from .logprobs import sequence_logprobs
 from .rewards import sentiment_rewards
+from .utils import autocast
+
+
+# Sequences per forward pass in the KL's log-probs (at most): 32 completions of ~45 tokens already make large
+# matrix products; more rows only add memory (the logits are rows x tokens x 49,152 floats: 200 MB at 32 rows).
+LOGPS_BATCH_SIZE = 32
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -56,32 +62,51 @@ def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]
     return wins / len(policy_rewards)
 
 
+def _batches_by_prompt_length(samples: Samples, batch_size: int) -> Iterator[list[int]]:
+    """Indices of the samples in batches of at most `batch_size` whose prompts all have one token length.
+
+    Within a length, samples with similar completion lengths are batched together.
+    """
+    order = sorted(range(len(samples.completion_ids)), key=lambda i: (len(samples.prompt_ids[i]), len(samples.completion_ids[i])))
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == batch_size or len(samples.prompt_ids[i]) != len(samples.prompt_ids[batch[0]])):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
 @torch.no_grad()
-def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token_id: int = 0) -> torch.Tensor:
+def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token_id: int = 0, precision: str = "auto") -> torch.Tensor:
     """log pi(completion | prompt) of every sample under `model`, summed over the completion's tokens: (N,) on CPU.
 
     Uses the sampled token ids themselves (not a re-tokenisation of the text),
     so the policy's and the reference's log-probs are of exactly the same sequence.
+    The prompts of a batch have one length (`_batches_by_prompt_length`), so
+    every completion starts at the same position P and only completions are
+    padded, on the right (where a causal model's real tokens never look, so no
+    attention mask is needed); the LM head runs only on positions P-1 to the
+    end, which predict the completion tokens (`logits_to_keep`).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = torch.zeros(len(samples.completion_ids))
-    for start in range(0, len(out), batch_size):
-        rows = range(start, min(start + batch_size, len(out)))
-        sequences = [samples.prompt_ids[i] + samples.completion_ids[i] for i in rows]
-        width = max(map(len, sequences))
-        input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-        labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for rows in _batches_by_prompt_length(samples, batch_size):
+        n_prompt = len(samples.prompt_ids[rows[0]])
+        n_completion = max(len(samples.completion_ids[i]) for i in rows)
+        input_ids = torch.full((len(rows), n_prompt + n_completion), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), 1 + n_completion), IGNORE_INDEX, dtype=torch.long)  # positions P-1 .. P+C-1
         for row, i in enumerate(rows):
-            n_prompt, n_all = len(samples.prompt_ids[i]), len(sequences[row])
-            input_ids[row, :n_all] = torch.tensor(sequences[row])
-            labels[row, n_prompt:n_all] = torch.tensor(samples.completion_ids[i])
-            attention_mask[row, :n_all] = 1
-        with _mixed_precision(device):
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        out[start : start + len(sequences)] = sequence_logprobs(logits.float(), labels.to(device)).cpu()
+            completion = torch.tensor(samples.completion_ids[i])
+            input_ids[row, :n_prompt] = torch.tensor(samples.prompt_ids[i])
+            input_ids[row, n_prompt : n_prompt + len(completion)] = completion
+            labels[row, 1 : 1 + len(completion)] = completion
+        with autocast(device, precision):
+            logits = model(input_ids=input_ids.to(device), logits_to_keep=1 + n_completion).logits  # (rows, 1 + C, V)
+        out[rows] = sequence_logprobs(logits.float(), labels.to(device)).cpu()
     model.train(was_training)
     return out
 
@@ -96,6 +121,7 @@ def evaluate_policy(
     max_new_tokens: int = 32,
     batch_size: int = 64,
     seed: int = 0,
+    precision: str = "auto",
 ) -> dict:
     """Sample one completion per prompt from `policy`; score it, and compare with the reference.
 
@@ -103,19 +129,23 @@ def evaluate_policy(
     prompts[i] (drawn once, before training, with another seed). `reference`
     is the frozen reference model, used only to score the policy's samples for
     the KL; pass None when the policy IS the reference (KL is then 0 exactly).
-    Returns a dict of floats (reward_mean, reward_se, reward_gain, reward_gain_se,
-    win_rate, kl, kl_se) and "samples" (the policy's texts) and "rewards".
+    `precision` is the autocast setting of the sampling and the log-probs
+    (`dpo_edu.utils.autocast`). Returns a dict of floats (reward_mean,
+    reward_se, reward_gain, reward_gain_se, win_rate, kl, kl_se) and "samples"
+    (the policy's texts) and "rewards".
     """
     if len(reference_rewards) != len(prompts):
         raise ValueError(f"{len(reference_rewards)} reference rewards for {len(prompts)} prompts")
-    samples = sample_completions(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    samples = sample_completions(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                                 precision=precision)
     rewards = sentiment_rewards(samples.texts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if reference is None:
         log_ratios = [0.0] * len(prompts)
     else:
-        policy_logps = completion_logps(policy, samples, batch_size=batch_size // 2, pad_token_id=pad)
-        reference_logps = completion_logps(reference, samples, batch_size=batch_size // 2, pad_token_id=pad)
+        rows = max(1, min(batch_size // 2, LOGPS_BATCH_SIZE))
+        policy_logps = completion_logps(policy, samples, batch_size=rows, pad_token_id=pad, precision=precision)
+        reference_logps = completion_logps(reference, samples, batch_size=rows, pad_token_id=pad, precision=precision)
         log_ratios = (policy_logps - reference_logps).tolist()
     reward_mean, reward_se = mean_and_se(rewards)
     gain, gain_se = mean_and_se([p - r for p, r in zip(rewards, reference_rewards)])

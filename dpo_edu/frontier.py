@@ -32,9 +32,9 @@ from .models import load_model
 from .prompts import load_prompts
 from .rewards import sentiment_rewards
 from .rundir import RunFolder
-from .run import train_config
+from .run import MIXED_PRECISION_OF, train_config
 from .train import TrainConfig, compute_reference_logps, train_dpo
-from .utils import device_name, get_device, seed_everything
+from .utils import device_name, get_device, precision_dtype, precision_name, seed_everything
 
 METHODS = ("dpo", "odpo")
 COLORS = {"dpo": "tab:blue", "odpo": "tab:orange"}
@@ -47,39 +47,42 @@ def settings_of(pairs: list[dict], profile: Profile) -> dict[str, tuple[list[dic
     return {"all pairs": (pairs, 1), "small data": (small, small_epochs)}
 
 
-def frontier_config(profile: Profile, method: str, beta: float, seed: int, epochs: int) -> TrainConfig:
+def frontier_config(profile: Profile, method: str, beta: float, seed: int, epochs: int, precision: str = "auto") -> TrainConfig:
     """The full run's trainer settings (`dpo_edu.run.train_config`) with the sweep's own beta, rate, warm-up and method."""
     return train_config(
         profile, beta=beta, learning_rate=profile.frontier_learning_rate, epochs=epochs, warmup_steps=profile.frontier_warmup_steps,
-        odpo_alpha=profile.frontier_odpo_alpha if method == "odpo" else None, seed=seed,
+        odpo_alpha=profile.frontier_odpo_alpha if method == "odpo" else None, seed=seed, mixed_precision=MIXED_PRECISION_OF[precision],
     )
 
 
 def frontier(profile: Profile | str | None = None, out: str | Path = "runs/frontier", *, dense: bool = False,
-             model=None, overwrite: bool = False, resume: bool = False, progress: bool = True, log=print) -> dict:
+             model=None, overwrite: bool = False, resume: bool = False, progress: bool = True, precision: str | None = None,
+             log=print) -> dict:
     """Sweep method x beta x seed (x data setting), evaluating checkpoints; returns the summary (also in out/summary.json).
 
     dense=True sweeps `profile.frontier_dense_betas` (more values: for a GPU).
     Each evaluation is appended to out/frontier.jsonl as it happens; after an
     interruption, `resume=True` keeps the training runs that finished (and
     each seed's pairs) and does the rest, with the options the sweep was started with.
+    `precision`: as for `dpo_edu.run.run` (auto: bf16 where the hardware has it).
     """
     folder = RunFolder.check(out, "frontier", overwrite=overwrite, resume=resume)
     if resume:
-        profile, model, dense = folder.resume_options(profile, model, dense=dense)
+        profile, model, dense, precision = folder.resume_options(profile, model, dense=dense, precision=precision)
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    precision = precision or "auto"
     betas = profile.frontier_dense_betas if dense else profile.frontier_betas
     for beta in betas:  # fail before any work
         for method in METHODS:
-            frontier_config(profile, method, beta, 0, 1)
+            frontier_config(profile, method, beta, 0, 1, precision)
     started = time.perf_counter()
     device = get_device()
     reference, tokenizer = load_model(model, device=device)
     reference.eval().requires_grad_(False)
     if not resume:
-        folder.start(profile=profile.name, model=None if model is None else str(model), dense=dense)
+        folder.start(profile=profile.name, model=None if model is None else str(model), dense=dense, precision=precision)
     try:
-        rows = _sweep(profile, betas, folder, reference, tokenizer, model, device, resume=resume, log=log)
+        rows = _sweep(profile, betas, folder, reference, tokenizer, model, device, resume=resume, precision=precision, log=log)
     except BaseException:
         folder.abandon()  # nothing once a seed's pairs are written; before that, the folder goes and a replaced one comes back
         raise
@@ -87,7 +90,8 @@ def frontier(profile: Profile | str | None = None, out: str | Path = "runs/front
     figure = plot_frontier(rows)
     figure.savefig(out / "frontier.png", dpi=110)
     summary = {
-        "profile": profile.name, "device": device_name(device), "betas": list(betas), "seeds": list(profile.frontier_seeds),
+        "profile": profile.name, "device": device_name(device), "precision": precision_name(precision_dtype(device, precision)),
+        "betas": list(betas), "seeds": list(profile.frontier_seeds),
         "odpo_alpha": profile.frontier_odpo_alpha, "train_prompts": profile.frontier_train_prompts,
         "heldout_prompts": profile.frontier_heldout_prompts, "runs": len(_run_keys(profile, betas)), "final": final_table(rows),
         "odpo_minus_dpo": odpo_minus_dpo(rows), "resumed": resume, "seconds": time.perf_counter() - started,
@@ -117,20 +121,21 @@ def finished_rows(path: Path) -> list[dict]:
     return [row for row in rows if _key(row) in finished]
 
 
-def _seed_pairs(reference, tokenizer, prompts: list[str], profile: Profile, seed: int, path: Path) -> list[dict]:
+def _seed_pairs(reference, tokenizer, prompts: list[str], profile: Profile, seed: int, path: Path, precision: str = "auto") -> list[dict]:
     """The seed's preference pairs: read back from `path` when a resumed sweep already wrote them, else sampled and written."""
     if path.is_file():
         return load_preferences(path, require_scores=True, log=None)
     samples = sample_completions(
         reference, tokenizer, prompts, per_prompt=profile.run_samples_per_prompt,
-        max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed,
+        max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed, precision=precision,
     )
     pairs, _ = make_pairs(samples, sentiment_rewards(samples.texts), rule=profile.run_pairing, min_gap=profile.run_min_gap, tokenizer=tokenizer)
     write_jsonl(pairs, path)
     return pairs
 
 
-def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, model, device, *, resume: bool, log) -> list[dict]:
+def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, model, device, *, resume: bool, precision: str,
+           log) -> list[dict]:
     """Train and evaluate every run not yet finished; append each row to frontier.jsonl as it is made; return all rows."""
     out = folder.path
     rows_path = out / "frontier.jsonl"
@@ -138,7 +143,7 @@ def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, mod
     write_jsonl(rows, rows_path)  # a resumed sweep drops the rows of the run it was in the middle of
     done = {_key(row) for row in rows}
     todo = [key for key in _run_keys(profile, betas) if key not in done]
-    log(f"frontier on {device_name(device)}, profile {profile.name}: {len(todo)} training runs to do"
+    log(f"frontier on {device_name(device)} ({precision_name(precision_dtype(device, precision))}), profile {profile.name}: {len(todo)} training runs to do"
         + (f" ({len(done)} finished before)" if done else "")
         + f" ({len(profile.frontier_seeds)} seeds x 2 settings x {len(METHODS)} methods x {len(betas)} betas)")
     train_prompts = load_prompts("train")[: profile.frontier_train_prompts]
@@ -153,23 +158,23 @@ def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, mod
             if not any(key[0] == seed for key in todo):
                 continue
             seed_everything(seed)
-            pairs = _seed_pairs(reference, tokenizer, train_prompts, profile, seed, out / f"pairs_seed{seed}.jsonl")
+            pairs = _seed_pairs(reference, tokenizer, train_prompts, profile, seed, out / f"pairs_seed{seed}.jsonl", precision)
             folder.keep()  # the sweep's first result is on disk
             reference_samples = sample_completions(
                 reference, tokenizer, heldout_prompts, max_new_tokens=profile.frontier_max_new_tokens,
-                batch_size=profile.run_sample_batch_size, seed=seed + 1,
+                batch_size=profile.run_sample_batch_size, seed=seed + 1, precision=precision,
             )
             reference_rewards = sentiment_rewards(reference_samples.texts)
             for setting, (setting_pairs, epochs) in settings_of(pairs, profile).items():
                 keys = [key for key in todo if key[:2] == (seed, setting)]
                 if not keys:
                     continue
-                reference_logps = compute_reference_logps(reference, tokenizer, setting_pairs, frontier_config(profile, "dpo", 1.0, seed, epochs))
+                reference_logps = compute_reference_logps(reference, tokenizer, setting_pairs, frontier_config(profile, "dpo", 1.0, seed, epochs, precision))
                 for _, _, method, beta in keys:
                     clock = time.perf_counter()
                     run = {"seed": seed, "setting": setting, "method": method, "beta": beta, "pairs": len(setting_pairs)}
                     record({**run, "step": 0, "kl": 0.0, "kl_se": 0.0, "reward_mean": statistics.fmean(reference_rewards), "win_rate": 0.5})
-                    config = frontier_config(profile, method, beta, seed, epochs)
+                    config = frontier_config(profile, method, beta, seed, epochs, precision)
                     policy, _ = load_model(model, device=device)  # a fresh copy of the reference
                     total_steps = epochs * math.ceil(len(setting_pairs) / config.batch_size)
 
@@ -179,6 +184,7 @@ def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, mod
                         result = evaluate_policy(
                             policy, reference, tokenizer, heldout_prompts, reference_rewards,
                             max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed + 2,
+                            precision=precision,
                         )
                         record({**run, "step": step_record["step"], "train_loss": step_record["loss"],
                                 **{k: v for k, v in result.items() if k not in ("samples", "rewards")},

@@ -62,13 +62,17 @@ def _quote(text: str, limit: int = 220) -> str:
     return (text[:limit] + "…" if len(text) > limit else text).replace("|", "\\|")
 
 
+def _arithmetic(precision: str) -> str:
+    return "float32" if precision == "fp32" else f"{precision} autocast, float32 weights and log-probs"
+
+
 def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequence[dict]) -> str:
     """report.md: the results table, the plots and sample generations before and after."""
     ref, final = summary["reference"], summary["final"]
     lines = [
         f"# DPO run on {summary['device']} ({summary['profile']} profile)",
         "",
-        f"Weights: {summary['model']['weights']}.",
+        f"Weights: {summary['model']['weights']}. Arithmetic: {_arithmetic(summary.get('precision', 'fp32'))}.",
         "",
         f"Finished in {summary['seconds']['total']:.0f} s: pairs {summary['seconds']['pairs']:.0f} s, "
         f"training {summary['seconds']['train']:.0f} s (with evaluation {summary['seconds']['evaluation']:.0f} s), "

@@ -37,8 +37,10 @@ from .report import markdown_report, plot_evaluation, plot_reward_histograms, pl
 from .rewards import sentiment_rewards
 from .rundir import RunFolder
 from .train import TrainConfig, train_dpo
-from .utils import device_name, get_device, seed_everything
+from .utils import device_name, get_device, precision_dtype, precision_name, seed_everything
 
+# `--precision` -> TrainConfig.mixed_precision (accelerate's names: "no" is float32)
+MIXED_PRECISION_OF = {"auto": "auto", "fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 EVAL_KEYS = ("reward_mean", "reward_se", "reward_gain", "reward_gain_se", "win_rate", "kl", "kl_se")
 
 
@@ -52,11 +54,12 @@ def train_config(profile: Profile, **overrides) -> TrainConfig:
     return TrainConfig(**{**settings, **overrides})
 
 
-def build_pairs(model, tokenizer, prompts: list[str], profile: Profile, *, progress: bool = False) -> tuple[list[dict], dict]:
+def build_pairs(model, tokenizer, prompts: list[str], profile: Profile, *, progress: bool = False,
+                precision: str = "auto") -> tuple[list[dict], dict]:
     """Sample `run_samples_per_prompt` completions per prompt from `model`, score them with VADER, pair them."""
     samples = sample_completions(
         model, tokenizer, prompts, per_prompt=profile.run_samples_per_prompt, max_new_tokens=profile.run_max_new_tokens,
-        batch_size=profile.run_sample_batch_size, seed=profile.run_seed, progress=progress,
+        batch_size=profile.run_sample_batch_size, seed=profile.run_seed, progress=progress, precision=precision,
     )
     scores = sentiment_rewards(samples.texts)
     pairs, counts = make_pairs(samples, scores, rule=profile.run_pairing, min_gap=profile.run_min_gap, tokenizer=tokenizer)
@@ -73,11 +76,12 @@ class HeldOutEvaluator:
     after it, so no second copy of the model sits in memory during training.
     """
 
-    def __init__(self, reference, tokenizer, prompts: list[str], profile: Profile, model_source=None) -> None:
+    def __init__(self, reference, tokenizer, prompts: list[str], profile: Profile, model_source=None, precision: str = "auto") -> None:
         self.tokenizer, self.prompts, self.profile, self.model_source = tokenizer, prompts, profile, model_source
+        self.precision = precision
         samples = sample_completions(
             reference, tokenizer, prompts, max_new_tokens=profile.run_max_new_tokens,
-            batch_size=profile.run_sample_batch_size, seed=profile.run_seed + 1,
+            batch_size=profile.run_sample_batch_size, seed=profile.run_seed + 1, precision=precision,
         )
         self.reference_texts = samples.texts
         self.reference_rewards = sentiment_rewards(samples.texts)
@@ -92,11 +96,16 @@ class HeldOutEvaluator:
         result = evaluate_policy(
             policy, reference, self.tokenizer, self.prompts, self.reference_rewards,
             max_new_tokens=self.profile.run_max_new_tokens, batch_size=self.profile.run_sample_batch_size,
-            seed=self.profile.run_seed + 2,
+            seed=self.profile.run_seed + 2, precision=self.precision,
         )
         del reference
         self.results.append({"step": step, **result})
         return {f"eval/{key}": result[key] for key in EVAL_KEYS}
+
+
+def describe_precision(arithmetic: str) -> str:
+    """'bf16 autocast (float32 weights)' or 'float32', for logs and reports."""
+    return "float32" if arithmetic == "fp32" else f"{arithmetic} autocast (float32 weights)"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -119,7 +128,7 @@ def save_policy(model, tokenizer, target: Path) -> Path:
 
 
 def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, model=None, overwrite: bool = False,
-        resume: bool = False, progress: bool = True, log=print) -> dict:
+        resume: bool = False, progress: bool = True, precision: str | None = None, log=print) -> dict:
     """Pairs, training, evaluation and report for `profile`; returns the summary (also in out/summary.json).
 
     `out` is a run folder (`dpo_edu.rundir`): an existing one is replaced only
@@ -129,12 +138,16 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     and model it was started with: its pairs if they were written, its last
     checkpoint if there is one, and ends with the metrics of an uninterrupted
     run. The checkpoints are removed once the run has finished: policy/ holds the result.
+    `precision` ("auto", the default; "fp32"; "bf16"; "fp16"): the autocast of
+    sampling, training and evaluation (`dpo_edu.utils.precision_dtype`; auto is
+    bf16 where the hardware has it); the weights stay float32 either way.
     """
     folder = RunFolder.check(out, "run", overwrite=overwrite, resume=resume)
     if resume:
-        profile, model = folder.resume_options(profile, model)
+        profile, model, precision = folder.resume_options(profile, model, precision=precision)
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    config = train_config(profile)  # invalid settings fail here, before any work
+    precision = precision or "auto"
+    config = train_config(profile, mixed_precision=MIXED_PRECISION_OF[precision])  # invalid settings fail here, before any work
     out = folder.path
     latest = checkpoint.latest_folder(out / "checkpoints") if resume else None
     continue_training = latest is not None
@@ -144,11 +157,13 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     started = time.perf_counter()
     seed_everything(profile.run_seed)
     device = get_device()
+    arithmetic = precision_name(precision_dtype(device, precision))
     policy, tokenizer = load_model(model, device=device)  # a missing model fails here, before the run directory is touched
     provenance = model_provenance(model)  # which weights: after loading, so a cache built just now is named with its hash
     if not resume:
-        folder.start(profile=profile.name, model=None if model is None else str(model))
-    log(f"model {provenance['weights']} on {device_name(device)}; profile {profile.name}; {'resuming' if resume else 'writing'} {out}")
+        folder.start(profile=profile.name, model=None if model is None else str(model), precision=precision)
+    log(f"model {provenance['weights']} on {device_name(device)}, {describe_precision(arithmetic)}; profile {profile.name}; "
+        f"{'resuming' if resume else 'writing'} {out}")
     train_prompts = load_prompts("train")[: profile.run_train_prompts]
     heldout_prompts = load_prompts("heldout")[: profile.run_heldout_prompts]
     try:
@@ -156,7 +171,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
             pairs = load_preferences(out / "pairs.jsonl", require_scores=True, log=log)
             pair_counts = json.loads((out / "pairs_counts.json").read_text(encoding="utf-8"))
         else:
-            pairs, pair_counts = build_pairs(policy, tokenizer, train_prompts, profile, progress=progress)
+            pairs, pair_counts = build_pairs(policy, tokenizer, train_prompts, profile, progress=progress, precision=precision)
             (out / "pairs_counts.json").write_text(json.dumps(pair_counts, indent=1) + "\n", encoding="utf-8")
             write_jsonl(pairs, out / "pairs.jsonl")  # the run's first result: --resume starts from here
     except BaseException:
@@ -170,7 +185,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
         f"(dropped: {pair_counts['small_gap']} with a score gap < {profile.run_min_gap}, {pair_counts['unusable_text']} unusable samples) "
         f"in {pairs_seconds:.0f} s")
 
-    evaluator = HeldOutEvaluator(policy, tokenizer, heldout_prompts, profile, model_source=model)
+    evaluator = HeldOutEvaluator(policy, tokenizer, heldout_prompts, profile, model_source=model, precision=precision)
     eval_seconds = 0.0
 
     def evaluate(step: int, policy_is_reference: bool = False) -> dict:
@@ -212,7 +227,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     final = evaluator.results[-1]
     reference_mean, reference_se = mean_and_se(evaluator.reference_rewards)
     summary = {
-        "model": provenance, "device": device_name(device), "profile": profile.name,
+        "model": provenance, "device": device_name(device), "precision": arithmetic, "profile": profile.name,
         "train_config": dataclasses.asdict(config), "pairs": pair_counts, "steps": len(history),
         "heldout_prompts": len(heldout_prompts),
         "step0_loss": history[0]["loss"], "step0_margin": history[0]["rewards/margins"],

@@ -150,7 +150,8 @@ class RunFolder:
             raise RunFolderError(f"{self.path} was started with --model {recorded.get('model') or '(the default)'}; resume it without --model")
         for name, value in flags.items():
             if value and value != recorded.get(name):
-                raise RunFolderError(f"{self.path} was started without --{name}; resume it without --{name}")
+                started = f"with --{name} {recorded[name]}" if isinstance(recorded.get(name), str) else f"without --{name}"
+                raise RunFolderError(f"{self.path} was started {started}; resume it without --{name}")
         return (profile if asked is not None else recorded["profile"], recorded.get("model"),
                 *(recorded.get(name, value) for name, value in flags.items()))
 

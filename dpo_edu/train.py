@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from .data import NoRoomForResponse, TokenSeamError, collate_preferences, split_chosen_rejected, tokenize_preference
 from .logprobs import sequence_logprobs
 from .losses import LOSS_TYPES, dpo_loss, odpo_offset
-from .utils import autocast_dtype, get_device, seed_everything
+from .data import IGNORE_INDEX
+from .utils import get_device, precision_dtype, seed_everything
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 METRIC_NAMES = (
@@ -56,7 +57,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int = 128
     max_prompt_length: int = 64
-    mixed_precision: str = "auto"  # auto: bf16 / fp16 on GPUs, none on CPU
+    mixed_precision: str = "auto"  # auto: bf16 / fp16 where the hardware has it (GPUs, CPUs with AVX512-BF16 or AMX), else "no"
+    gradient_checkpointing: bool = False  # keep only each layer's input, recompute the rest in backward: less memory, more time (benchmarks/train_vs_trl.py)
     use_chat_template: bool | None = None  # None: if the tokenizer has one; False: plain-text continuation
     odpo_alpha: float | None = None  # None: DPO; a number: ODPO, offset alpha * log(chosen_score - rejected_score)
     seed: int = 0
@@ -138,11 +140,11 @@ _HINTS = get_type_hints(TrainConfig)
 
 
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' or 'fp16' on a GPU (as `autocast_dtype` picks), 'no' on CPU."""
+    """'auto' -> 'bf16' or 'fp16' where `device` has it in hardware (`dpo_edu.utils.autocast_dtype`:
+    GPUs, and CPUs with AVX512-BF16 or AMX), else 'no' (float32 throughout)."""
     if setting != "auto":
         return setting
-    dtype = autocast_dtype(device) if device.type == "cuda" else None
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(precision_dtype(device, "auto"), "no")
 
 
 class _Pairs(torch.utils.data.Dataset):
@@ -167,9 +169,18 @@ def _loader(features: list[dict], batch_size: int, pad_token_id: int, *, shuffle
 
 
 def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass over the 2B rows (chosen first): returns chosen and rejected sequence log-probs, each (B,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return split_chosen_rejected(sequence_logprobs(logits, batch["labels"]))
+    """One forward pass over the 2B rows (chosen first): returns chosen and rejected sequence log-probs, each (B,).
+
+    Logits only where they are scored: from the first position whose next
+    token is a response token to the end (`logits_to_keep`). Prompt positions
+    need none, and the LM head (a fifth of SmolLM2's weights) is the costliest
+    layer per position.
+    """
+    labels = batch["labels"]  # (2B, T), IGNORE_INDEX on prompt and padding
+    first_scored = int((labels != IGNORE_INDEX).any(0).nonzero()[0])  # logits at t - 1 predict the label at t
+    keep = labels.shape[1] - first_scored + 1
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    return split_chosen_rejected(sequence_logprobs(logits, labels[:, -keep:]))
 
 
 @torch.no_grad()
@@ -242,11 +253,22 @@ def compute_reference_logps(model, tokenizer, examples: list[dict[str, Any]], co
     For sweeps: compute them once, then pass `reference=` to every `train_dpo` that starts from this model.
     """
     _, features = usable_examples(tokenizer, examples, config, log=None)
-    loader = _loader(features, config.micro_batch_size, _pad_id(tokenizer), shuffle=False, seed=config.seed)
+    loader = _reference_loader(features, config, _pad_id(tokenizer))
     device = next(model.parameters()).device
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_mixed_precision(config.mixed_precision, device))
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         return reference_logps(model, loader, device=device)
+
+
+def _reference_loader(features: list[dict], config: TrainConfig, pad_token_id: int) -> DataLoader:
+    """The training loader's first epoch, batch for batch (same seed, same shuffle).
+
+    The reference log-probs of step 1's pairs then come from the very batch the
+    policy's first forward sees, with the same padding and the same arithmetic,
+    so step 1's loss is ln 2 and its margin 0 in bf16 too, not only up to
+    rounding that depends on which pairs share a batch.
+    """
+    return _loader(features, config.micro_batch_size, pad_token_id, shuffle=True, seed=config.seed)
 
 
 def pair_offsets(examples: list[dict[str, Any]], alpha: float) -> torch.Tensor:
@@ -259,6 +281,22 @@ def pair_offsets(examples: list[dict[str, Any]], alpha: float) -> torch.Tensor:
     chosen = torch.tensor([float(example["chosen_score"]) for example in examples])
     rejected = torch.tensor([float(example["rejected_score"]) for example in examples])
     return odpo_offset(chosen, rejected, alpha)
+
+
+def _accelerator(config: TrainConfig):
+    """An Accelerator with this config's precision and accumulation.
+
+    accelerate keeps the precision in a process-wide singleton and refuses a
+    second Accelerator with another one; a notebook that trains in bf16 and
+    then in fp32 must be able to, so that part of the state is reset first
+    (the process group, under `accelerate launch`, is kept).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision, get_device()),
+                       gradient_accumulation_steps=config.gradient_accumulation_steps)
 
 
 class TrainingStopped(RuntimeError):
@@ -296,7 +334,6 @@ def train_dpo(
     checkpoint stays. `resume=True` continues from the checkpoint in
     `checkpoint_dir` and ends with the metrics an uninterrupted run would have.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -316,14 +353,12 @@ def train_dpo(
     if reference is not None and not all(len(logps) == len(examples) for logps in reference):
         raise ValueError(f"reference log-probs for {[len(logps) for logps in reference]} pairs, but {len(examples)} usable examples")
     pad_token_id = _pad_id(tokenizer)
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(config.mixed_precision, get_device()),
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-    )
+    accelerator = _accelerator(config)
     train_loader = _loader(features, config.micro_batch_size, pad_token_id, shuffle=True, seed=config.seed)
     shuffle_generator = train_loader.generator  # its state at an epoch's start fixes that epoch's order
-    reference_loader = _loader(features, config.micro_batch_size, pad_token_id, shuffle=False, seed=config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    reference_loader = _reference_loader(features, config, pad_token_id)
+    # fused: one kernel over all parameters instead of a loop over tensors; the same update rule
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
     model, optimizer, train_loader, reference_loader = accelerator.prepare(model, optimizer, train_loader, reference_loader)
 
     if reference is None:
@@ -365,6 +400,8 @@ def train_dpo(
     sums: dict[str, float] = {}
     micro_batches, tokens, started = 0, 0, time.perf_counter()
     model.train()
+    if config.gradient_checkpointing:
+        accelerator.unwrap_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with checkpoints.interrupt_flag() as interrupted:
         try:
             for epoch in range(start_epoch, config.epochs):
@@ -443,6 +480,8 @@ def train_dpo(
             save(config.epochs, 0)
             return history
         finally:
+            if config.gradient_checkpointing:
+                accelerator.unwrap_model(model).gradient_checkpointing_disable()
             bar.close()
             if metrics_file:
                 metrics_file.close()

@@ -2,6 +2,8 @@
 import importlib.util
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,3 +27,33 @@ def test_trl_benchmark_pairs_have_one_token_length_so_every_batch_is_the_same_wo
         feature = tokenize_preference(tokenizer, pair, max_length=bench.MAX_LENGTH, max_prompt_length=32, use_chat_template=False)
         lengths |= {len(feature["chosen"]["input_ids"]), len(feature["rejected"]["input_ids"])}
     assert lengths == {bench.tokens_per_step() // (2 * bench.PAIRS_PER_STEP)} and max(lengths) < bench.MAX_LENGTH
+
+
+def test_sampling_benchmark_runs_both_samplers_on_the_same_prompts_and_prints_a_table():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dpo_edu.models import load_tokenizer
+
+    bench = load("sampling_vs_generate")
+    tokenizer = load_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    prompts = ["Bring tissues to Velvet Summer, because", "Let me be honest:", "I wanted to like it, but"]
+    baseline = bench.generate_completions(model, tokenizer, prompts, per_prompt=2, max_new_tokens=5, batch_size=4)
+    assert len(baseline) == 6 and all(1 <= len(ids) <= 5 for ids in baseline)
+    results = bench.measure(model, tokenizer, prompts, per_prompt=2, max_new_tokens=5, rows=[4, 6], baseline_rows=4, repeats=2)
+    assert [(r["name"], r["rows"]) for r in results] == [("generate", 4), ("dpo-edu", 4), ("dpo-edu", 6)]
+    assert all(len(r["seconds"]) == 2 and all(6 <= t <= 30 for t in r["tokens"]) for r in results)
+    lines = bench.table(results, title="title").splitlines()
+    assert lines[0] == "title" and lines[2].startswith("| sampler |") and len(lines) == 7
+    assert lines[4].startswith("| generate | 4 |") and lines[4].endswith("| 1.00x |")
+
+
+def test_sampling_benchmark_end_to_end_at_a_tiny_size(capsys):
+    bench = load("sampling_vs_generate")
+    bench.main(["--prompts", "2", "--per-prompt", "2", "--max-new-tokens", "2", "--rows", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("SmolLM2-135M-Instruct, 2 course prompts x 2 samples x up to 2 new tokens") and "threads" in lines[0]
+    assert [line.split(" | ")[:2] for line in lines[4:]] == [["| generate", "64"], ["| dpo-edu", "4"]]

@@ -33,7 +33,9 @@ def test_device_override_and_default(monkeypatch):
     monkeypatch.delenv("DPO_EDU_DEVICE")
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert get_device().type == expected
-    assert autocast_dtype(torch.device("cpu")) is None
+    from dpo_edu.utils import cpu_bf16_supported
+
+    assert autocast_dtype(torch.device("cpu")) is (torch.bfloat16 if cpu_bf16_supported() else None)
 
 
 def test_seed_everything_repeats():

@@ -118,3 +118,259 @@ def test_a_negative_kl_estimate_is_printed_with_its_se_and_why():
     negative = format_kl(-0.1, 0.12)
     assert negative.startswith("KL -0.10 ± 0.12 nats (a Monte-Carlo estimate") and "true KL is >= 0" in negative
     assert format_kl(0.0, float("nan")) == "KL 0.00 nats"
+
+
+# --- the sampler's distribution and mechanics, on a 12-token model with a stand-in tokenizer ---
+
+EOS, VOCAB = 0, 12
+
+
+class DigitTokenizer:
+    """A stand-in tokenizer for a 12-token model: the text "3 5 7" is the ids [3, 5, 7]; id 0 is EOS."""
+
+    eos_token_id = pad_token_id = EOS
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [int(token) for token in text.split()]}
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(str(i) for i in row if not (skip_special_tokens and i == EOS)) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """(model, tokenizer): a random 12-token Llama whose next-token distributions are far from uniform."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=EOS, pad_token_id=EOS)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)  # peaked distributions: a wrong temperature or a top-k cut shows
+    return model, DigitTokenizer()
+
+
+DIGIT_PROMPTS = ["7 1 4 9 2", "3 5"]  # two lengths, longest first, in one batch: the shorter prompt's cache slots are padding
+DRAWS = 4000  # per prompt
+
+
+@torch.no_grad()
+def exact_two_token_probabilities(model, prompt_ids: list[int]) -> dict[tuple, float]:
+    """P(completion) of every completion of at most 2 tokens: (EOS,) or (a, b), a != EOS; they sum to 1."""
+    first = torch.softmax(model(torch.tensor([prompt_ids])).logits[0, -1].double(), -1)
+    probs = {(EOS,): first[EOS].item()}
+    for a in range(VOCAB):
+        if a != EOS:
+            second = torch.softmax(model(torch.tensor([prompt_ids + [a]])).logits[0, -1].double(), -1)
+            probs.update({(a, b): (first[a] * second[b]).item() for b in range(VOCAB)})
+    return probs
+
+
+def chi_square_p_value(counts, probs: dict[tuple, float], n: int) -> float:
+    """Pearson's goodness-of-fit p-value of `counts` (a Counter of completions) against `probs`.
+
+    Completions expected fewer than 5 times are pooled into one bin, as the
+    chi-square approximation asks. The p-value is the chi-square survival
+    function: the regularised upper incomplete gamma Q(df / 2, statistic / 2).
+    """
+    assert sum(counts.values()) == n and set(counts) <= set(probs)
+    statistic, bins, pooled_observed, pooled_expected = 0.0, 0, 0, 0.0
+    for completion, p in probs.items():
+        if n * p < 5:
+            pooled_observed, pooled_expected = pooled_observed + counts[completion], pooled_expected + n * p
+        else:
+            statistic, bins = statistic + (counts[completion] - n * p) ** 2 / (n * p), bins + 1
+    if pooled_expected > 0:
+        statistic, bins = statistic + (pooled_observed - pooled_expected) ** 2 / pooled_expected, bins + 1
+    df = torch.tensor((bins - 1) / 2, dtype=torch.float64)
+    return torch.special.gammaincc(df, torch.tensor(statistic / 2, dtype=torch.float64)).item()
+
+
+def counts_per_prompt(completions, per_prompt):
+    from collections import Counter
+
+    return [Counter(map(tuple, completions[i : i + per_prompt])) for i in range(0, len(completions), per_prompt)]
+
+
+def ours(model, tokenizer, **options):
+    samples = sample_completions(model, tokenizer, DIGIT_PROMPTS, per_prompt=DRAWS, max_new_tokens=2,
+                                 batch_size=len(DIGIT_PROMPTS) * DRAWS, seed=0, **options)
+    return counts_per_prompt(samples.completion_ids, DRAWS)
+
+
+def hugging_face_generate(model, **options):
+    """DRAWS completions of each prompt by `model.generate` (plain sampling unless `options` say otherwise)."""
+    from transformers import GenerationConfig
+
+    counts = []
+    for prompt in DIGIT_PROMPTS:
+        ids = torch.tensor([DigitTokenizer()(prompt)["input_ids"]])
+        config = GenerationConfig(**{"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 2,
+                                     "eos_token_id": EOS, "pad_token_id": EOS, "num_return_sequences": DRAWS, **options})
+        torch.manual_seed(1)
+        rows = model.generate(ids, generation_config=config)[:, ids.shape[1] :].tolist()
+        counts += counts_per_prompt([row[: row.index(EOS) + 1] if EOS in row else row for row in rows], DRAWS)
+    return counts
+
+
+SIGNIFICANCE = 1e-3  # fixed seeds: each p-value below is one deterministic number, not a flaky draw
+
+
+def test_samples_follow_the_models_exact_distribution_as_generate_does(digits):
+    model, tokenizer = digits
+    probs = [exact_two_token_probabilities(model, tokenizer(prompt)["input_ids"]) for prompt in DIGIT_PROMPTS]
+    assert all(sum(p.values()) == pytest.approx(1.0) for p in probs) and 0.3 < probs[0][(EOS,)] < 0.7  # both EOS and 2-token completions
+
+    def p_values(counts):
+        return [chi_square_p_value(c, p, DRAWS) for c, p in zip(counts, probs)]
+
+    assert min(p_values(ours(model, tokenizer))) > SIGNIFICANCE
+    assert min(p_values(hugging_face_generate(model))) > SIGNIFICANCE  # plain generate passes the same test
+    # the test has the power to see a sampler that is slightly off: each of these fails it
+    assert max(p_values(ours(model, tokenizer, temperature=0.7))) < SIGNIFICANCE
+    assert max(p_values(ours(model, tokenizer, temperature=1.2))) < SIGNIFICANCE
+    assert max(p_values(hugging_face_generate(model, top_k=8))) < SIGNIFICANCE
+    assert max(p_values(hugging_face_generate(model, top_p=0.95))) < SIGNIFICANCE
+    assert max(p_values(hugging_face_generate(model, temperature=0.9))) < SIGNIFICANCE
+
+
+def forward_calls(model):
+    """A list that records the (rows, tokens) shape of every forward call of `model`, and a function to stop recording."""
+    shapes = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                             with_kwargs=True)
+    return shapes, handle.remove
+
+
+def test_each_prompt_is_run_once_per_batch_however_many_samples(digits):
+    model, tokenizer = digits
+    prompts = ["3 5", "4 4", "7 1 4 9 2"]
+    shapes, stop = forward_calls(model)
+    samples = sample_completions(model, tokenizer, prompts, per_prompt=4, max_new_tokens=3, batch_size=12, seed=0)
+    stop()
+    prefills = [shape for shape in shapes if shape[1] > 1]
+    assert sorted(prefills) == [(1, 5), (2, 2)]  # one call per prompt length, each prompt once, no padding
+    assert all(shape == (12, 1) for shape in shapes[len(prefills) :])  # then one token per row per step
+    assert len(shapes) - len(prefills) <= 2  # the first token comes from the prefill
+    assert samples.prompt_ids == [tokenizer(p)["input_ids"] for p in prompts for _ in range(4)]
+
+
+def test_a_batch_does_not_depend_on_the_other_batches(digits):
+    model, tokenizer = digits
+    def sample(prompts):  # batches of 2 prompts x 3 samples, the shortest prompts first
+        samples = sample_completions(model, tokenizer, prompts, per_prompt=3, max_new_tokens=6, batch_size=6, seed=5)
+        return {prompt: samples.completion_ids[3 * i : 3 * i + 3] for i, prompt in enumerate(prompts)}
+
+    alone = sample(["3 5", "7 1 4 9 2"])
+    with_more = sample(["3 5", "2 2 2 2 2 2 2 2", "7 1 4 9 2", "6 6 6 6 6 6"])  # the two longer prompts make a second batch
+    assert with_more["3 5"] == alone["3 5"] and with_more["7 1 4 9 2"] == alone["7 1 4 9 2"]
+    another_first_batch = sample(["4 4", "2 2 2 2 2 2 2 2", "1 1 1 1 1", "6 6 6 6 6 6"])
+    assert another_first_batch["2 2 2 2 2 2 2 2"] == with_more["2 2 2 2 2 2 2 2"]
+    assert another_first_batch["6 6 6 6 6 6"] == with_more["6 6 6 6 6 6"]
+
+
+def test_samples_come_back_in_prompt_order_whatever_the_prompt_lengths(digits):
+    model, tokenizer = digits
+    prompts = ["7 1 4 9 2", "3", "2 2 2 2 2 2 2 2", "3 5"]
+    forward = sample_completions(model, tokenizer, prompts, per_prompt=2, max_new_tokens=5, batch_size=8, seed=6)
+    backward = sample_completions(model, tokenizer, prompts[::-1], per_prompt=2, max_new_tokens=5, batch_size=8, seed=6)
+    assert forward.prompts == prompts and [forward.prompt_of(i) for i in range(0, 8, 2)] == prompts
+    assert forward.prompt_ids == [tokenizer(p)["input_ids"] for p in prompts for _ in range(2)]
+    # one batch, sorted by length either way: each prompt gets the same two samples, listed in the order asked for
+    assert [forward.completion_ids[2 * i : 2 * i + 2] for i in range(4)] == [backward.completion_ids[2 * i : 2 * i + 2] for i in range(4)][::-1]
+    assert forward.texts == [tokenizer.batch_decode([ids])[0] for ids in forward.completion_ids]
+
+
+def test_completions_end_at_their_first_eos_and_sampling_stops_when_all_rows_have_one(digits):
+    model, tokenizer = digits
+    samples = sample_completions(model, tokenizer, DIGIT_PROMPTS, per_prompt=50, max_new_tokens=8, batch_size=100, seed=2)
+    ended = [ids for ids in samples.completion_ids if ids[-1] == EOS]
+    assert 0 < len(ended) < len(samples.completion_ids)  # some stopped early, some ran to max_new_tokens
+    assert all(EOS not in ids[:-1] for ids in samples.completion_ids)
+    assert all(len(ids) == 8 for ids in samples.completion_ids if ids[-1] != EOS)
+    assert samples.texts[samples.completion_ids.index(ended[0])] == tokenizer.batch_decode([ended[0]])[0]
+
+    force_eos = model.lm_head.register_forward_hook(lambda module, args, logits: logits.index_fill(-1, torch.tensor([1]), -1e4)
+                                                    .index_fill(-1, torch.tensor(range(2, VOCAB)), -1e4))
+    shapes, stop = forward_calls(model)
+    try:
+        samples = sample_completions(model, tokenizer, DIGIT_PROMPTS, per_prompt=3, max_new_tokens=8, batch_size=6, seed=2)
+    finally:
+        stop()
+        force_eos.remove()
+    assert samples.completion_ids == [[EOS]] * 6 and samples.texts == [""] * 6
+    assert len(shapes) == 2  # the two prefills: every row sampled EOS first, so no decode step ran
+
+
+def test_precision_is_checked_and_passed_on(model, tokenizer):
+    with pytest.raises(ValueError, match="precision 'fp8' is not one of"):
+        sample_completions(model, tokenizer, PROMPTS, max_new_tokens=2, precision="fp8")
+    with pytest.raises(ValueError, match="precision 'fp8' is not one of"):
+        evaluate_policy(model, model, tokenizer, PROMPTS, [0.0] * 3, max_new_tokens=2, precision="fp8")
+    samples = sample_completions(model, tokenizer, PROMPTS, per_prompt=2, max_new_tokens=4, seed=3, precision="fp32")
+    in_bf16 = sample_completions(model, tokenizer, PROMPTS, per_prompt=2, max_new_tokens=4, seed=3, precision="bf16")
+    assert all(len(ids) == 4 for ids in in_bf16.completion_ids)  # 16-bit autocast samples too (with a dynamic cache)
+    fp32 = completion_logps(model, samples, precision="fp32")
+    bf16 = completion_logps(model, samples, precision="bf16")  # bf16 autocast (emulated on a CPU without it: slow, but a tiny model)
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.5)
+
+
+@torch.no_grad()
+def completion_logps_padded_as_before(model, samples, batch_size):
+    """completion_logps as it was before it grouped prompts by length: right-padded batches, logits at every position."""
+    from dpo_edu.logprobs import sequence_logprobs
+
+    out = torch.zeros(len(samples.completion_ids))
+    for start in range(0, len(out), batch_size):
+        rows = range(start, min(start + batch_size, len(out)))
+        sequences = [samples.prompt_ids[i] + samples.completion_ids[i] for i in rows]
+        width = max(map(len, sequences))
+        input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
+        labels = torch.full((len(sequences), width), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, i in enumerate(rows):
+            n_prompt, n_all = len(samples.prompt_ids[i]), len(sequences[row])
+            input_ids[row, :n_all] = torch.tensor(sequences[row])
+            labels[row, n_prompt:n_all] = torch.tensor(samples.completion_ids[i])
+            attention_mask[row, :n_all] = 1
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        out[start : start + len(sequences)] = sequence_logprobs(logits.float(), labels)
+    return out
+
+
+def test_completion_logps_equal_the_padded_computation_they_replace(model, tokenizer):
+    prompts = PROMPTS + ["Honestly,", "Let me be blunt:", "The best thing I can say about Velvet Summer is that"]
+    samples = sample_completions(model, tokenizer, prompts, per_prompt=3, max_new_tokens=7, seed=8)
+    assert len({len(ids) for ids in samples.prompt_ids}) >= 3  # several prompt lengths, some shared
+    samples.completion_ids[4] = samples.completion_ids[4][:2]  # and completions of several lengths
+    samples.completion_ids[9] = [tokenizer.eos_token_id]
+    before = completion_logps_padded_as_before(model, samples, batch_size=5)
+    for batch_size in (1, 4, 32):
+        # within 1e-5, give or take the rounding of the float32 sums: about -75 here, where float32's spacing is 7.6e-6
+        torch.testing.assert_close(completion_logps(model, samples, batch_size=batch_size), before, atol=1e-5, rtol=2 * 2**-23)
+
+
+@pytest.mark.parametrize("cache", ["static", "dynamic"])  # float32 uses the static one, 16-bit autocast the dynamic one
+def test_each_token_is_drawn_from_the_logits_of_its_prompt_and_the_tokens_before_it(model, tokenizer, monkeypatch, cache):
+    import dpo_edu.generation as generation
+
+    monkeypatch.setattr(generation, "_static_cache_fits", lambda device: cache == "static")
+
+    drawn_from = []  # (rows, V) logits of each step, rows in the sampler's order: prompts by length, samples adjacent
+    sample_token = generation._sample_token
+
+    def recording(logits, *args):
+        drawn_from.append(logits.float().clone())
+        return sample_token(logits, *args)
+
+    monkeypatch.setattr(generation, "_sample_token", recording)
+    prompts = sorted(PROMPTS + ["Hi"], key=lambda p: len(tokenizer(p, add_special_tokens=False)["input_ids"]))
+    samples = sample_completions(model, tokenizer, prompts, per_prompt=2, max_new_tokens=5, batch_size=8, seed=9)
+    assert len({len(ids) for ids in samples.prompt_ids}) == 4 and all(len(ids) == 5 for ids in samples.completion_ids)
+    for row, (prompt_ids, completion_ids) in enumerate(zip(samples.prompt_ids, samples.completion_ids)):
+        with torch.no_grad():  # the whole sequence at once, no cache, no padding
+            logits = model(input_ids=torch.tensor([prompt_ids + completion_ids])).logits[0]
+        expected = logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(completion_ids)]
+        assert torch.allclose(torch.stack([step[row] for step in drawn_from]), expected, atol=1e-5)

@@ -43,6 +43,17 @@ def test_metrics_and_summary_agree_and_start_from_the_reference(run_dir):
     assert 0 <= summary["final"]["win_rate"] <= 1
 
 
+def test_the_run_records_its_arithmetic(run_dir):
+    from dpo_edu.utils import cpu_bf16_supported
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["precision"] == ("bf16" if cpu_bf16_supported() else "fp32")
+    assert summary["train_config"]["mixed_precision"] == "auto"
+    assert json.loads((run_dir / MARKER).read_text())["precision"] == "auto"
+    expected = "bf16 autocast, float32 weights and log-probs" if cpu_bf16_supported() else "Arithmetic: float32."
+    assert expected in (run_dir / "report.md").read_text(encoding="utf-8")
+
+
 def test_report_shows_the_table_plots_and_five_samples(run_dir):
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "| win rate against the reference |" in report and "(ln 2 = 0.6931)" in report

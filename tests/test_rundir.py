@@ -143,3 +143,12 @@ def test_the_stopped_message_reads_the_disk(tmp_path):
     (out / "checkpoints" / "latest").write_text("step-000004\n")
     message = stopped_message(out, "run")
     assert "step-000004" in message and "--resume" in message and "--overwrite" not in message
+
+
+def test_resume_keeps_the_recorded_precision_and_refuses_another(tmp_path):
+    folder = RunFolder.check(tmp_path / "run", "run")
+    folder.start(profile="smoke", model=None, precision="fp32")
+    assert folder.resume_options(None, None, precision=None) == ("smoke", None, "fp32")
+    assert folder.resume_options(None, None, precision="fp32") == ("smoke", None, "fp32")
+    with pytest.raises(RunFolderError, match="was started with --precision fp32; resume it without --precision"):
+        folder.resume_options(None, None, precision="bf16")

@@ -149,3 +149,43 @@ def test_odpo_without_scores_names_the_example_and_field(tokenizer):
         train_dpo(tiny_model(tokenizer), tokenizer, broken, TrainConfig(**ODPO_CONFIG, odpo_alpha=1.0), progress=False)
     with pytest.raises(ValueError, match=r"example 0, field 'chosen_score'"):
         train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, TrainConfig(**ODPO_CONFIG, odpo_alpha=1.0), progress=False)
+
+
+# Pairs of very different lengths: the reference pass and step 1 see different padding
+# unless the reference is computed in the training order (bf16 rounding depends on it).
+UNEVEN = EXAMPLES + [
+    {"prompt": "Tell me about the film in one long sentence, please:", "chosen": "It is a gentle, funny and moving story of two old friends who rebuild a boat.",
+     "rejected": "Meh."},
+    {"prompt": "Score?", "chosen": "Nine out of ten.", "rejected": "Two out of ten, and I was being generous to a film that never decides what it is."},
+]
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_first_step_is_ln2_exactly_in_bf16_too(tokenizer, precision):
+    """The reference log-probs come from the batches of step 1 themselves: the same rows, padding and arithmetic."""
+    config = TrainConfig(beta=0.1, learning_rate=1e-3, batch_size=2, max_steps=2, warmup_steps=0, max_length=64,
+                         max_prompt_length=48, mixed_precision=precision, seed=5)
+    history = train_dpo(tiny_model(tokenizer, seed=4), tokenizer, UNEVEN, config, progress=False, log=None)
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert history[0]["rewards/chosen"] == history[0]["rewards/rejected"] == 0.0
+
+
+def test_bf16_autocast_keeps_float32_master_weights_and_losses(tokenizer):
+    model = tiny_model(tokenizer, seed=4)
+    config = TrainConfig(learning_rate=1e-3, batch_size=2, max_steps=2, warmup_steps=0, max_length=64, max_prompt_length=48,
+                         mixed_precision="bf16")
+    history = train_dpo(model, tokenizer, UNEVEN, config, progress=False, log=None)
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+    assert history[1]["loss"] != history[0]["loss"] and all(math.isfinite(record["loss"]) for record in history)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from dpo_edu import utils
+    from dpo_edu.train import resolve_mixed_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(utils, "cpu_bf16_supported", lambda: True)
+    assert resolve_mixed_precision("auto", cpu) == "bf16" and utils.precision_dtype(cpu, "fp32") is None
+    monkeypatch.setattr(utils, "cpu_bf16_supported", lambda: False)
+    assert resolve_mixed_precision("auto", cpu) == "no" and resolve_mixed_precision("bf16", cpu) == "bf16"

@@ -10,12 +10,13 @@ the samples come from the policy's own distribution: the KL estimate in
 `dpo_edu.evaluate` is only unbiased for such samples.
 
 `sample_completions` has its own decode loop rather than calling Hugging
-Face's `generate`, for speed on a CPU (about 2x, measured in
-benchmarks/sampling_vs_generate.py): each prompt is run through the model once
-however many samples it gets (`_run_prompts`), the samples continue from a
-preallocated KV cache written in place (`_kv_cache`), and each token is
-drawn with two small multinomials instead of one over the whole vocabulary
-(`_sample_token`). `_sample_batch` is the loop itself.
+Face's `generate`, for speed (on a 2-core CPU, 1.6x at 64 rows per decode
+step and 1.8-2x at 256-512 rows: benchmarks/sampling_vs_generate.py). Each
+prompt is run through the model once however many samples it gets
+(`_run_prompts`), the samples continue from a preallocated KV cache written in
+place (`_kv_cache`), and each token is drawn with two small multinomials
+instead of one over the whole vocabulary (`_sample_token`). `_sample_batch` is
+the loop itself.
 
 A prompt is continued as plain text (no chat template): an opening such as
 "Bring tissues to Velvet Summer, because" is a text to finish, and the
@@ -113,7 +114,7 @@ def _kv_cache(model, keys: list[torch.Tensor], values: list[torch.Tensor], per_p
     In float32, a static cache: every layer's (rows, kv_heads, max_cache_len,
     head_dim) keys and values are allocated once and each decode step writes
     its slot in place (a dynamic cache grows by copying itself, every layer,
-    every step: a third of a decode step on a 2-core CPU). Under 16-bit
+    every step: up to a third of a decode step on a 2-core CPU). Under 16-bit
     autocast (GPUs, CPUs with bf16), a dynamic cache: autocast makes the keys
     float32 (RoPE) and the values 16-bit, which the static cache of
     transformers 5.6 cannot hold.

@@ -27,10 +27,9 @@ from typing import Any, Callable, get_args, get_type_hints
 import torch
 from torch.utils.data import DataLoader
 
-from .data import NoRoomForResponse, TokenSeamError, collate_preferences, split_chosen_rejected, tokenize_preference
+from .data import IGNORE_INDEX, NoRoomForResponse, TokenSeamError, collate_preferences, split_chosen_rejected, tokenize_preference
 from .logprobs import sequence_logprobs
 from .losses import LOSS_TYPES, dpo_loss, odpo_offset
-from .data import IGNORE_INDEX
 from .utils import get_device, precision_dtype, seed_everything
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")

@@ -31,6 +31,7 @@ class Profile:
     gradient_check_batches: int
     gradient_check_batch_size: int
     toy_dpo_steps: int  # the 3-response DPO illustration at the end of 03
+    toy_long_steps: int  # 03: the same toy without the sigmoid weight, and SGD vs Adam
     # 04 log-probs: the memory comparison (V is the real model's vocabulary)
     memory_batch: int
     memory_steps: int
@@ -40,6 +41,7 @@ class Profile:
     bandit_betas: tuple[float, ...]  # the convergence figure and the TV check
     bandit_sweep_betas: tuple[float, ...]  # final TV vs beta
     bandit_overfit_steps: int  # deterministic preferences: DPO vs IPO
+    bandit_frontier_betas: tuple[float, ...]  # the exact reward-KL frontier: DPO and ODPO on graded preferences
     # 06 full run (`dpo-edu run`): pairs from the reference, DPO, held-out evaluation
     run_train_prompts: int  # training openings used (of 640)
     run_samples_per_prompt: int  # k completions sampled per opening
@@ -60,9 +62,10 @@ class Profile:
     run_checkpoint_every: int  # optimizer steps between checkpoints (and one on Ctrl-C)
     # 07 ODPO frontier (`dpo-edu frontier`): shares the run_* pairing, batch and length settings
     frontier_train_prompts: int  # openings sampled for pairs, per seed
-    frontier_small_pairs: int  # the "small data" setting: the first pairs only (trained for more epochs)
+    frontier_small_pairs: int  # > 0 adds a "small data" setting: the first pairs only, trained for more epochs (0: all pairs only)
     frontier_heldout_prompts: int
     frontier_max_new_tokens: int
+    frontier_batch_size: int  # pairs per optimizer step (the sweep buys steps with smaller batches)
     frontier_betas: tuple[float, ...]
     frontier_dense_betas: tuple[float, ...]  # --dense, for a GPU
     frontier_seeds: tuple[int, ...]
@@ -70,6 +73,7 @@ class Profile:
     frontier_learning_rate: float
     frontier_warmup_steps: int
     frontier_odpo_alpha: float
+    frontier_odpo_score_scale: float  # ODPO's offset is alpha * log(scale * score gap): scale 10 makes VADER gaps >= 0.1 give offsets >= 0
 
 
 PROFILES: dict[str, Profile] = {
@@ -86,6 +90,7 @@ PROFILES: dict[str, Profile] = {
         gradient_check_batches=2,
         gradient_check_batch_size=8,
         toy_dpo_steps=50,
+        toy_long_steps=1000,
         memory_batch=2,
         memory_steps=32,
         bandit_preferences=20_000,
@@ -93,6 +98,7 @@ PROFILES: dict[str, Profile] = {
         bandit_betas=(0.3, 1.0, 3.0),
         bandit_sweep_betas=(0.1, 1.0, 10.0),
         bandit_overfit_steps=500,
+        bandit_frontier_betas=(1.0, 10.0, 100.0),
         run_train_prompts=16,
         run_samples_per_prompt=4,
         run_max_new_tokens=12,
@@ -111,9 +117,10 @@ PROFILES: dict[str, Profile] = {
         run_seed=0,
         run_checkpoint_every=2,
         frontier_train_prompts=8,
-        frontier_small_pairs=4,
+        frontier_small_pairs=0,
         frontier_heldout_prompts=8,
         frontier_max_new_tokens=8,
+        frontier_batch_size=4,
         frontier_betas=(0.1, 0.5),
         frontier_dense_betas=(0.1, 0.3, 0.5),
         frontier_seeds=(0,),
@@ -121,6 +128,7 @@ PROFILES: dict[str, Profile] = {
         frontier_learning_rate=1e-4,
         frontier_warmup_steps=0,
         frontier_odpo_alpha=1.0,
+        frontier_odpo_score_scale=10.0,
     ),
     "full": Profile(
         name="full",
@@ -135,6 +143,7 @@ PROFILES: dict[str, Profile] = {
         gradient_check_batches=20,
         gradient_check_batch_size=64,
         toy_dpo_steps=50,
+        toy_long_steps=1000,
         memory_batch=16,
         memory_steps=128,
         bandit_preferences=20_000,
@@ -142,6 +151,7 @@ PROFILES: dict[str, Profile] = {
         bandit_betas=(0.3, 1.0, 3.0),
         bandit_sweep_betas=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
         bandit_overfit_steps=2_000,
+        bandit_frontier_betas=(1.0, 3.0, 10.0, 30.0, 100.0),
         run_train_prompts=640,
         run_samples_per_prompt=4,
         run_max_new_tokens=32,
@@ -159,17 +169,19 @@ PROFILES: dict[str, Profile] = {
         run_max_prompt_length=32,
         run_seed=0,
         run_checkpoint_every=20,
-        frontier_train_prompts=96,
-        frontier_small_pairs=24,
-        frontier_heldout_prompts=40,
-        frontier_max_new_tokens=20,
-        frontier_betas=(0.05, 0.1, 0.2, 0.5),
-        frontier_dense_betas=(0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+        frontier_train_prompts=100,  # about 96 pairs: 24 steps of 4 pairs
+        frontier_small_pairs=0,
+        frontier_heldout_prompts=120,
+        frontier_max_new_tokens=16,
+        frontier_batch_size=4,
+        frontier_betas=(0.05, 0.2, 1.0, 5.0),  # 100x, as the DPO paper's IMDb sweep (0.05 to 5)
+        frontier_dense_betas=(0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
         frontier_seeds=(0, 1),
-        frontier_eval_every=4,
+        frontier_eval_every=24,  # the last step only: an evaluation of 120 prompts costs as much as 12 training steps here
         frontier_learning_rate=1e-4,
         frontier_warmup_steps=2,
         frontier_odpo_alpha=1.0,
+        frontier_odpo_score_scale=10.0,
     ),
 }
 

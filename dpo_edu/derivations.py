@@ -204,6 +204,49 @@ def step_partition_cancels() -> bool:
     return Z not in simplified.free_symbols and is_identity(substituted, dpo_preference_probability())
 
 
+# ------------- step 5b: the reparameterisation (DPO paper section 5, Theorem 1)
+
+def implicit_reward(policy_prob: sp.Expr, ref_prob: sp.Expr) -> sp.Expr:
+    """r_hat = beta log(pi / pi_ref): the reward a policy implies, without the beta log Z."""
+    return beta * sp.log(policy_prob / ref_prob)
+
+
+def step_reparameterisation(n: int = 3) -> bool:
+    """Any policy is the optimum of its own implicit reward, and that reward stands for its whole class.
+
+    On n responses with pi_theta = (q_1, ..., q_n) on the simplex and r_hat_i = beta log(q_i / p_i):
+    (a) Z_theta = sum_i p_i exp(r_hat_i / beta) = 1, so p_i exp(r_hat_i / beta) / Z_theta = q_i:
+        pi_theta is the KL-regularised optimum for r_hat (Theorem 1's "every policy").
+    (b) r and r + f(x) have the same optimum (Lemma 2) and the same Bradley-Terry
+        probabilities (Lemma 1): f(x) is invisible to preference data.
+    (c) every r differs from the implicit reward of its own optimum pi_r by beta log Z(x),
+        the same for every response: r's class contains beta log(pi_r / pi_ref) (Theorem 1).
+    (d) two implicit rewards in one class are equal: if q'_i = q_i exp(f / beta) for every i,
+        both on the simplex, then f = 0.
+    """
+    rewards, ref_probs, policy, partition, optimum = finite_response_space(n)
+    on_simplex = {policy[-1]: 1 - sum(policy[:-1])}
+    implicit = [implicit_reward(q, p) for q, p in zip(policy, ref_probs)]
+    z_theta = sum(p * sp.exp(r / beta) for p, r in zip(ref_probs, implicit))
+    normalised = is_identity(z_theta.subs(on_simplex), sp.Integer(1))
+    own_optimum = all(
+        is_identity((p * sp.exp(r / beta) / z_theta).subs(on_simplex), q.subs(on_simplex))
+        for p, r, q in zip(ref_probs, implicit, policy)
+    )
+    f = sp.Symbol("f", real=True)  # any function of the prompt alone: one number for a fixed x
+    shifted_partition = sum(p * sp.exp((r + f) / beta) for p, r in zip(ref_probs, rewards))
+    same_optimum = all(
+        is_identity(p * sp.exp((r + f) / beta) / shifted_partition, o) for p, r, o in zip(ref_probs, rewards, optimum)
+    )
+    same_preferences = is_identity(bt_probability_exp(r_w + f, r_l + f), bt_probability_exp(r_w, r_l))
+    in_class = all(
+        is_identity(r - implicit_reward(o, p), beta * sp.log(partition)) for r, o, p in zip(rewards, optimum, ref_probs)
+    )
+    shifts = sp.solve(sp.Eq(sum(q * sp.exp(f / beta) for q in policy).subs(on_simplex), 1), f)
+    unique = shifts == [0]
+    return normalised and own_optimum and same_optimum and same_preferences and in_class and unique
+
+
 # ------------------------------------------ step 6: the DPO gradient
 
 def implicit_rewards() -> tuple[sp.Expr, sp.Expr]:
@@ -255,6 +298,7 @@ STEPS = {
     "3b objective_is_kl_to_optimum": step_objective_is_kl_to_optimum,
     "4 invert_optimal_policy": step_invert_optimal_policy,
     "5 partition_cancels": step_partition_cancels,
+    "5b reparameterisation": step_reparameterisation,
     "6 dpo_gradient": step_dpo_gradient,
     "7 odpo_offset_inside": step_odpo_offset_inside,
 }
@@ -289,10 +333,43 @@ def slip_offset_outside_sigmoid() -> bool:
     return is_identity(sp.diff(wrong_loss, theta), sp.diff(dpo_loss_expr(delta), theta))
 
 
-def slip_tie_offset_is_finite() -> bool:
-    """Slip: ignore ties. Is log(s_w - s_l) finite as s_w - s_l -> 0+?"""
-    gap = sp.Symbol("gap", positive=True)
-    return bool(sp.limit(sp.log(gap), gap, 0, "+").is_finite)
+def slip_partition_cancels_across_prompts() -> bool:
+    """Slip: Z cancels also when y_w answers prompt x1 and y_l another prompt x2.
+
+    Put r = beta log(pi/pi_ref) + beta log Z(x) into Bradley-Terry with Z(x1) for
+    y_w and Z(x2) for y_l: is the result the DPO probability, free of Z?
+    It is not: the factor (Z(x1)/Z(x2))^beta stays.
+    """
+    z_1, z_2 = sp.symbols("Z_1 Z_2", positive=True)
+    reward_chosen = reward_from_policy(pi_w, ref_w).subs(Z, z_1)
+    reward_rejected = reward_from_policy(pi_l, ref_l).subs(Z, z_2)
+    return is_identity(bt_probability_exp(reward_chosen, reward_rejected), dpo_preference_probability())
+
+
+def ties_start_weight() -> tuple[sp.Expr, sp.Symbol, sp.Symbol]:
+    """ODPO's gradient weight at policy == reference for a pair with score gap g: sigma(alpha log g).
+
+    Derived from the loss: the weight is -d/dm of -log sigmoid(m - Delta) at margin m = 0,
+    with Delta = alpha log g (for a tie, g is odpo_offset's floor min_gap).
+    """
+    gap, alpha = sp.symbols("g alpha", positive=True)
+    margin = sp.Symbol("m", real=True)
+    weight = -sp.diff(-sp.log(sigmoid(margin - delta)), margin).subs(margin, 0)
+    return sp.simplify(weight.subs(delta, alpha * sp.log(gap))), gap, alpha
+
+
+def slip_tie_pulls_hardest() -> bool:
+    """Slip: a tie, whose floored offset alpha log(min_gap) is the largest in size, pulls hardest.
+
+    The course says the opposite (dpo_edu.losses.odpo_offset, notebook 07): a tie barely
+    pulls. Is the start weight sigma(alpha log g) decreasing in the gap g? sympy decides
+    the sign of its derivative; an undecided sign raises instead of returning False.
+    """
+    weight, gap, _ = ties_start_weight()
+    slope = sp.simplify(sp.diff(weight, gap))
+    if slope.is_positive is None and slope.is_negative is None:
+        raise ArithmeticError(f"undecided: the sign of {slope}")
+    return bool(slope.is_negative)
 
 
 SLIPS = {
@@ -300,7 +377,8 @@ SLIPS = {
     "implicit reward without the log": slip_reward_without_log,
     "divide by -beta, keep max": slip_divide_by_minus_beta_keeps_max,
     "ODPO offset outside the sigmoid": slip_offset_outside_sigmoid,
-    "tie offset log(0) is finite": slip_tie_offset_is_finite,
+    "a tie (floored gap) pulls hardest": slip_tie_pulls_hardest,
+    "Z cancels across two prompts": slip_partition_cancels_across_prompts,
 }
 
 

@@ -132,7 +132,8 @@ def evaluate_policy(
     `precision` is the autocast setting of the sampling and the log-probs
     (`dpo_edu.utils.autocast`). Returns a dict of floats (reward_mean,
     reward_se, reward_gain, reward_gain_se, win_rate, kl, kl_se) and "samples"
-    (the policy's texts) and "rewards".
+    (the policy's texts), "rewards" and "lengths" (tokens of each completion,
+    its EOS included).
     """
     if len(reference_rewards) != len(prompts):
         raise ValueError(f"{len(reference_rewards)} reference rewards for {len(prompts)} prompts")
@@ -155,5 +156,5 @@ def evaluate_policy(
         "reward_gain": gain, "reward_gain_se": gain_se,
         "win_rate": win_rate(rewards, reference_rewards),
         "kl": kl, "kl_se": kl_se,
-        "samples": samples.texts, "rewards": rewards,
+        "samples": samples.texts, "rewards": rewards, "lengths": [len(ids) for ids in samples.completion_ids],
     }

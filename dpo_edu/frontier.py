@@ -33,7 +33,7 @@ from .prompts import load_prompts
 from .rewards import sentiment_rewards
 from .rundir import RunFolder
 from .run import MIXED_PRECISION_OF, train_config
-from .train import TrainConfig, compute_reference_logps, train_dpo
+from .train import TrainConfig, compute_reference_logps, pair_offsets, train_dpo
 from .utils import device_name, get_device, precision_dtype, precision_name, seed_everything
 
 METHODS = ("dpo", "odpo")
@@ -41,17 +41,26 @@ COLORS = {"dpo": "tab:blue", "odpo": "tab:orange"}
 
 
 def settings_of(pairs: list[dict], profile: Profile) -> dict[str, tuple[list[dict], int]]:
-    """{"all pairs": (pairs, epochs), "small data": (the first few pairs, more epochs)}: the same number of steps each."""
-    small = pairs[: profile.frontier_small_pairs]
-    small_epochs = max(1, round(len(pairs) / max(len(small), 1)))
-    return {"all pairs": (pairs, 1), "small data": (small, small_epochs)}
+    """{"all pairs": (pairs, 1 epoch)}, and with `frontier_small_pairs` > 0 also "small data": (the first few pairs,
+    more epochs), trained for the same number of steps."""
+    settings = {"all pairs": (pairs, 1)}
+    if profile.frontier_small_pairs:
+        small = pairs[: profile.frontier_small_pairs]
+        settings["small data"] = (small, max(1, round(len(pairs) / len(small))))
+    return settings
+
+
+def setting_names(profile: Profile) -> tuple[str, ...]:
+    return ("all pairs", "small data") if profile.frontier_small_pairs else ("all pairs",)
 
 
 def frontier_config(profile: Profile, method: str, beta: float, seed: int, epochs: int, precision: str = "auto") -> TrainConfig:
-    """The full run's trainer settings (`dpo_edu.run.train_config`) with the sweep's own beta, rate, warm-up and method."""
+    """The full run's trainer settings (`dpo_edu.run.train_config`) with the sweep's own beta, rate, batch, warm-up and method."""
     return train_config(
-        profile, beta=beta, learning_rate=profile.frontier_learning_rate, epochs=epochs, warmup_steps=profile.frontier_warmup_steps,
-        odpo_alpha=profile.frontier_odpo_alpha if method == "odpo" else None, seed=seed, mixed_precision=MIXED_PRECISION_OF[precision],
+        profile, beta=beta, learning_rate=profile.frontier_learning_rate, batch_size=profile.frontier_batch_size, epochs=epochs,
+        warmup_steps=profile.frontier_warmup_steps,
+        odpo_alpha=profile.frontier_odpo_alpha if method == "odpo" else None, odpo_score_scale=profile.frontier_odpo_score_scale,
+        seed=seed, mixed_precision=MIXED_PRECISION_OF[precision],
     )
 
 
@@ -89,12 +98,15 @@ def frontier(profile: Profile | str | None = None, out: str | Path = "runs/front
     out = folder.path
     figure = plot_frontier(rows)
     figure.savefig(out / "frontier.png", dpi=110)
+    offsets = {seed: offset_stats(load_preferences(out / f"pairs_seed{seed}.jsonl", require_scores=True, log=None),
+                                  profile.frontier_odpo_alpha, profile.frontier_odpo_score_scale) for seed in profile.frontier_seeds}
     summary = {
         "profile": profile.name, "device": device_name(device), "precision": precision_name(precision_dtype(device, precision)),
-        "betas": list(betas), "seeds": list(profile.frontier_seeds),
-        "odpo_alpha": profile.frontier_odpo_alpha, "train_prompts": profile.frontier_train_prompts,
-        "heldout_prompts": profile.frontier_heldout_prompts, "runs": len(_run_keys(profile, betas)), "final": final_table(rows),
-        "odpo_minus_dpo": odpo_minus_dpo(rows), "resumed": resume, "seconds": time.perf_counter() - started,
+        "betas": list(betas), "seeds": list(profile.frontier_seeds), "settings": list(setting_names(profile)),
+        "odpo_alpha": profile.frontier_odpo_alpha, "odpo_score_scale": profile.frontier_odpo_score_scale,
+        "train_prompts": profile.frontier_train_prompts, "heldout_prompts": profile.frontier_heldout_prompts,
+        "runs": len(_run_keys(profile, betas)), "final": final_table(rows), "beta_orders_kl": beta_orders_kl(rows),
+        "odpo_minus_dpo": odpo_minus_dpo(rows), "offsets": offsets, "resumed": resume, "seconds": time.perf_counter() - started,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "frontier.md").write_text(markdown_table(summary), encoding="utf-8")
@@ -104,7 +116,7 @@ def frontier(profile: Profile | str | None = None, out: str | Path = "runs/front
 
 def _run_keys(profile: Profile, betas) -> list[tuple]:
     """(seed, setting, method, beta) of every training run of the sweep."""
-    return [(seed, setting, method, beta) for seed in profile.frontier_seeds for setting in ("all pairs", "small data")
+    return [(seed, setting, method, beta) for seed in profile.frontier_seeds for setting in setting_names(profile)
             for method in METHODS for beta in betas]
 
 
@@ -145,7 +157,7 @@ def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, mod
     todo = [key for key in _run_keys(profile, betas) if key not in done]
     log(f"frontier on {device_name(device)} ({precision_name(precision_dtype(device, precision))}), profile {profile.name}: {len(todo)} training runs to do"
         + (f" ({len(done)} finished before)" if done else "")
-        + f" ({len(profile.frontier_seeds)} seeds x 2 settings x {len(METHODS)} methods x {len(betas)} betas)")
+        + f" ({len(profile.frontier_seeds)} seeds x {len(setting_names(profile))} settings x {len(METHODS)} methods x {len(betas)} betas)")
     train_prompts = load_prompts("train")[: profile.frontier_train_prompts]
     heldout_prompts = load_prompts("heldout")[: profile.frontier_heldout_prompts]
     with rows_path.open("a", encoding="utf-8") as rows_file:
@@ -186,9 +198,12 @@ def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, mod
                             max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed + 2,
                             precision=precision,
                         )
+                        last = step_record["step"] == total_steps
                         record({**run, "step": step_record["step"], "train_loss": step_record["loss"],
-                                **{k: v for k, v in result.items() if k not in ("samples", "rewards")},
-                                **({"final": True} if step_record["step"] == total_steps else {})})
+                                **{key: step_record[key] for key in ("rewards/chosen", "rewards/rejected")},
+                                **{k: v for k, v in result.items() if k not in ("samples", "rewards", "lengths")},
+                                # the last checkpoint keeps each prompt's reward: ODPO - DPO is paired over prompts
+                                **({"rewards": result["rewards"], "final": True} if last else {})})
                         return None
 
                     train_dpo(policy, tokenizer, setting_pairs, config, on_step=evaluate, progress=False, reference=reference_logps, log=None)
@@ -212,25 +227,35 @@ def _grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def plot_frontier(rows: list[dict]) -> Figure:
-    """Held-out reward against KL(policy || reference): every checkpoint of every run, seed means with their spread."""
+    """Held-out reward against KL(policy || reference): every checkpoint of every run (faint), seed means with their
+    spread (markers, one shade per beta), and each method's Pareto envelope of the seed means (a step line)."""
     settings = list(dict.fromkeys(row["setting"] for row in rows))
-    figure = Figure(figsize=(5.5 * len(settings), 4), layout="constrained")
+    betas = sorted({row["beta"] for row in rows})
+    figure = Figure(figsize=(6.5 * len(settings), 4.5), layout="constrained")
     axes = figure.subplots(1, len(settings), squeeze=False)[0]
     groups = _grouped(rows)
+    markers = dict(zip(betas, "os^Dv<>p*h"))
     for axis, setting in zip(axes, settings):
         for method in METHODS:
             for row in rows:  # each seed's checkpoint, faint
                 if row["setting"] == setting and row["method"] == method:
-                    axis.scatter(row["kl"], row["reward_mean"], color=COLORS[method], alpha=0.25, s=12)
-            keys = [key for key in groups if key[0] == setting and key[1] == method]
-            kls = [statistics.fmean(r["kl"] for r in groups[key]) for key in keys]
-            rewards = [statistics.fmean(r["reward_mean"] for r in groups[key]) for key in keys]
-            axis.errorbar(kls, rewards, xerr=[_spread([r["kl"] for r in groups[key]]) for key in keys],
-                          yerr=[_spread([r["reward_mean"] for r in groups[key]]) for key in keys],
-                          fmt="o", color=COLORS[method], label=method.upper(), capsize=2, markersize=5)
+                    axis.scatter(row["kl"], row["reward_mean"], color=COLORS[method], alpha=0.2, s=10)
+            points = []
+            for beta in betas:
+                keys = sorted(key for key in groups if key[:3] == (setting, method, beta))
+                kls = [statistics.fmean(r["kl"] for r in groups[key]) for key in keys]
+                rewards = [statistics.fmean(r["reward_mean"] for r in groups[key]) for key in keys]
+                points += zip(kls, rewards)
+                axis.errorbar(kls, rewards, xerr=[_spread([r["kl"] for r in groups[key]]) for key in keys],
+                              yerr=[_spread([r["reward_mean"] for r in groups[key]]) for key in keys], fmt=markers[beta],
+                              color=COLORS[method], capsize=2, markersize=5, linewidth=0.8,
+                              label=f"{method.upper()} beta={beta}")
+            envelope = pareto_envelope(points)
+            axis.step([kl for kl, _ in envelope], [reward for _, reward in envelope], where="post", color=COLORS[method],
+                      linewidth=2, alpha=0.8, label=f"{method.upper()} envelope")
         axis.set(title=f"{setting}", xlabel="KL(policy || reference), nats", ylabel="held-out mean reward (VADER)")
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=7, ncol=2)
     return figure
 
 
@@ -253,33 +278,127 @@ def final_table(rows: list[dict]) -> list[dict]:
     ]
 
 
-def odpo_minus_dpo(rows: list[dict]) -> list[dict]:
-    """Per seed and setting: ODPO's reward and KL minus DPO's, averaged over the same (beta, checkpoint) pairs."""
-    index = {(r["seed"], r["setting"], r["method"], r["beta"], r["step"]): r for r in rows if r["step"] > 0}
-    out = []
-    for seed, setting in dict.fromkeys((r["seed"], r["setting"]) for r in rows):
-        matched = [(index[(seed, setting, "odpo", b, s)], row) for (sd, st, m, b, s), row in index.items()
-                   if sd == seed and st == setting and m == "dpo" and (seed, setting, "odpo", b, s) in index]
-        if matched:
-            out.append({"seed": seed, "setting": setting, "checkpoints": len(matched),
-                        "reward": statistics.fmean(o["reward_mean"] - d["reward_mean"] for o, d in matched),
-                        "kl": statistics.fmean(o["kl"] - d["kl"] for o, d in matched)})
+def final_rows(rows: list[dict]) -> dict[tuple, dict]:
+    """{(seed, setting, method, beta): that run's last checkpoint}."""
+    last: dict[tuple, dict] = {}
+    for row in rows:
+        if row["step"] >= last.get(_key(row), {"step": -1})["step"]:
+            last[_key(row)] = row
+    return last
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for index in order[start:end + 1]:
+            out[index] = (start + end) / 2 + 1
+        start = end + 1
     return out
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks (scipy is not a dependency of the course)."""
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    norm = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / norm if norm else math.nan
+
+
+def beta_orders_kl(rows: list[dict]) -> list[dict]:
+    """Per setting and method: Spearman(beta, final KL) for each seed, and its mean over seeds.
+
+    -1 means a larger beta always ended closer to the reference: beta orders the KL, as the KL-regularised
+    objective says it should.
+    """
+    last = final_rows(rows)
+    out = []
+    for setting, method in dict.fromkeys((key[1], key[2]) for key in last):
+        per_seed = {}
+        for seed in sorted({key[0] for key in last if key[1:3] == (setting, method)}):
+            runs = sorted((key[3], row["kl"]) for key, row in last.items() if key[:3] == (seed, setting, method))
+            if len(runs) >= 2:
+                per_seed[seed] = spearman([beta for beta, _ in runs], [kl for _, kl in runs])
+        if per_seed:
+            out.append({"setting": setting, "method": method, "per_seed": per_seed, "mean": statistics.fmean(per_seed.values())})
+    return out
+
+
+def odpo_minus_dpo(rows: list[dict]) -> list[dict]:
+    """ODPO's held-out reward minus DPO's at the same seed, beta and (last) step, paired over prompts.
+
+    Per setting: each prompt's difference is averaged over the matched (seed, beta) runs; the mean of those over
+    prompts comes with a 95 % interval (1.96 standard errors over prompts). Also per beta (seed means): the reward
+    and the KL difference, for reading the frontier at matched KL.
+    """
+    last = final_rows(rows)
+    out = []
+    for setting in dict.fromkeys(key[1] for key in last):
+        matched = [(row, last[(seed, st, "odpo", beta)]) for (seed, st, method, beta), row in last.items()
+                   if st == setting and method == "dpo" and (seed, st, "odpo", beta) in last]
+        matched = [(d, o) for d, o in matched if "rewards" in d and "rewards" in o]
+        if not matched:
+            continue
+        per_prompt = [statistics.fmean(o["rewards"][i] - d["rewards"][i] for d, o in matched) for i in range(len(matched[0][0]["rewards"]))]
+        mean = statistics.fmean(per_prompt)
+        half = 1.96 * statistics.stdev(per_prompt) / math.sqrt(len(per_prompt)) if len(per_prompt) > 1 else math.nan
+        by_beta = {}
+        for d, o in matched:
+            by_beta.setdefault(d["beta"], []).append((o["reward_mean"] - d["reward_mean"], o["kl"] - d["kl"]))
+        out.append({"setting": setting, "runs": len(matched), "prompts": len(per_prompt), "reward": mean, "ci95": half,
+                    "by_beta": [{"beta": beta, "reward": statistics.fmean(r for r, _ in diffs), "kl": statistics.fmean(k for _, k in diffs)}
+                                for beta, diffs in sorted(by_beta.items())]})
+    return out
+
+
+def pareto_envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (kl, reward) points no other point beats with less or equal KL and more reward, by increasing KL."""
+    envelope: list[tuple[float, float]] = []
+    for kl, reward in sorted(points, key=lambda point: (point[0], -point[1])):
+        if not envelope or reward > envelope[-1][1]:
+            envelope.append((kl, reward))
+    return envelope
+
+
+def offset_stats(pairs: list[dict], alpha: float, scale: float) -> dict:
+    """How ODPO's offsets fall on these pairs: the share above 0 (stricter than DPO), below 0 (laxer), and quantiles."""
+    offsets = sorted(pair_offsets(pairs, alpha, scale).tolist())
+    return {"pairs": len(offsets), "positive": sum(o > 0 for o in offsets) / len(offsets),
+            "negative": sum(o < 0 for o in offsets) / len(offsets), "min": offsets[0],
+            "median": offsets[len(offsets) // 2], "max": offsets[-1]}
 
 
 def markdown_table(summary: dict) -> str:
     lines = [
         f"# Reward-KL frontier: DPO and ODPO ({summary['profile']} profile, {summary['device']})", "",
-        f"{summary['runs']} training runs in {summary['seconds'] / 60:.1f} min; seeds {summary['seeds']}; "
-        f"ODPO alpha = {summary['odpo_alpha']}; {summary['heldout_prompts']} held-out prompts.", "",
+        f"{summary['runs']} training runs in {summary['seconds'] / 60:.1f} min; seeds {summary['seeds']}; betas {summary['betas']}; "
+        f"ODPO offset alpha * log({summary['odpo_score_scale']:g} * score gap) with alpha = {summary['odpo_alpha']}; "
+        f"{summary['train_prompts']} openings for pairs, {summary['heldout_prompts']} held-out prompts.", "",
         "![frontier](frontier.png)", "",
-        "## Last checkpoint (mean over seeds ± half their range)", "",
-        "| setting | method | beta | step | reward | KL (nats) | win rate |", "|---|---|---|---|---|---|---|",
+        "## Does beta order the KL? Spearman(beta, final KL)", "",
+        "| setting | method | per seed | mean |", "|---|---|---|---|",
     ]
+    for row in summary["beta_orders_kl"]:
+        per_seed = ", ".join(f"{value:+.2f}" for value in row["per_seed"].values())
+        lines.append(f"| {row['setting']} | {row['method'].upper()} | {per_seed} | {row['mean']:+.2f} |")
+    lines += ["", "## Last checkpoint (mean over seeds ± half their range)", "",
+              "| setting | method | beta | step | reward | KL (nats) | win rate |", "|---|---|---|---|---|---|---|"]
     for row in summary["final"]:
         lines.append(f"| {row['setting']} | {row['method'].upper()} | {row['beta']} | {row['step']} | {row['reward']:+.3f} ± {row['reward_spread']:.3f} "
                      f"| {row['kl']:.2f} ± {row['kl_spread']:.2f} | {100 * row['win_rate']:.1f} % |")
-    lines += ["", "## ODPO minus DPO, at the same beta and checkpoint (per seed)", "", "| seed | setting | checkpoints | reward | KL |", "|---|---|---|---|---|"]
+    lines += ["", "## ODPO minus DPO at the same seed, beta and last step (95 % interval, paired over prompts)", "",
+              "| setting | matched runs | prompts | reward | per beta: reward, KL |", "|---|---|---|---|---|"]
     for row in summary["odpo_minus_dpo"]:
-        lines.append(f"| {row['seed']} | {row['setting']} | {row['checkpoints']} | {row['reward']:+.3f} | {row['kl']:+.2f} |")
+        per_beta = "; ".join(f"{b['beta']}: {b['reward']:+.3f}, {b['kl']:+.2f}" for b in row["by_beta"])
+        lines.append(f"| {row['setting']} | {row['runs']} | {row['prompts']} | {row['reward']:+.3f} ± {row['ci95']:.3f} | {per_beta} |")
+    lines += ["", "## ODPO's offsets on each seed's pairs", "", "| seed | pairs | > 0 | < 0 | min | median | max |", "|---|---|---|---|---|---|---|"]
+    for seed, row in summary["offsets"].items():
+        lines.append(f"| {seed} | {row['pairs']} | {100 * row['positive']:.0f} % | {100 * row['negative']:.0f} % | {row['min']:+.2f} "
+                     f"| {row['median']:+.2f} | {row['max']:+.2f} |")
     return "\n".join(lines) + "\n"

@@ -12,6 +12,8 @@ must win by a larger margin before it stops contributing gradient.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -76,9 +78,14 @@ def dpo_loss(
 
 
 def odpo_offset(
-    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, alpha: float = 1.0, *, min_gap: float = 1e-3
+    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, alpha: float = 1.0, *, min_gap: float = 1e-3, scale: float = 1.0
 ) -> torch.Tensor:
-    """ODPO's offset Delta = alpha * log(s_w - s_l), shape (B,).
+    """ODPO's offset Delta = alpha * log(scale * (s_w - s_l)), shape (B,).
+
+    `scale` sets the scores' unit: log is negative below 1, so a gap smaller than
+    1 / scale gets a negative offset, which *relaxes* DPO on that pair. VADER's
+    scores lie in [-1, 1] (gaps in (0, 2]): with scale = 1 most pairs would be
+    relaxed, and the ODPO paper's classifier logits have gaps mostly above 1.
 
     Ties: log(0) = -inf must never reach the loss, so gaps below `min_gap` are
     raised to `min_gap`. A tie then gets the most negative offset the rule
@@ -93,6 +100,8 @@ def odpo_offset(
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     if not min_gap > 0:
         raise ValueError(f"min_gap must be > 0, got {min_gap}")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
     gap = chosen_scores - rejected_scores
     bad = ~torch.isfinite(gap) | (gap < 0)
     if bad.any():
@@ -101,4 +110,4 @@ def odpo_offset(
             f"row {row}: chosen_score {float(chosen_scores.reshape(-1)[row])} must be finite and >= "
             f"rejected_score {float(rejected_scores.reshape(-1)[row])} for an ODPO offset"
         )
-    return alpha * torch.log(gap.clamp_min(min_gap))
+    return alpha * torch.log(scale * gap.clamp_min(min_gap))

@@ -10,18 +10,44 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-TRAINING_PANELS = (("loss", "DPO loss"), ("rewards/margins", "reward margin (chosen - rejected)"), ("rewards/accuracies", "reward accuracy"))
+# One panel per tuple: the metrics.jsonl keys it draws, and its title. The implicit rewards of the chosen and of the
+# rejected responses share a panel: the margin can grow while both fall (likelihood displacement, notebooks 03 and 06).
+TRAINING_PANELS = (
+    (("loss",), "DPO loss"),
+    (("rewards/margins",), "reward margin (chosen - rejected)"),
+    (("rewards/chosen", "rewards/rejected"), "implicit rewards beta * log(pi / pi_ref)"),
+    (("rewards/accuracies",), "reward accuracy"),
+)
 
 
 def plot_training(history: Sequence[dict]) -> Figure:
-    """Loss, reward margin and reward accuracy of each optimizer step (the metrics.jsonl rows)."""
-    figure = Figure(figsize=(12, 3.4), layout="constrained")
+    """One panel per `TRAINING_PANELS` entry against the optimizer step (the metrics.jsonl rows)."""
+    figure = Figure(figsize=(15, 3.4), layout="constrained")
     steps = [row["step"] for row in history]
-    for axis, (key, title) in zip(figure.subplots(1, 3), TRAINING_PANELS):
-        axis.plot(steps, [row[key] for row in history], marker=".", linewidth=1)
+    for axis, (keys, title) in zip(figure.subplots(1, len(TRAINING_PANELS)), TRAINING_PANELS):
+        for key in keys:
+            axis.plot(steps, [row[key] for row in history], marker=".", linewidth=1, label=key if len(keys) > 1 else None)
+        if len(keys) > 1:
+            axis.axhline(0, color="grey", linewidth=0.8)
+            axis.legend()
         axis.set(title=title, xlabel="optimizer step")
         axis.grid(alpha=0.3)
     return figure
+
+
+def implicit_rewards(history: Sequence[dict], last: int = 20) -> dict:
+    """What training did to each side of the margin (the metrics.jsonl rows).
+
+    Returns the number of steps, how many had a negative mean chosen reward, and the mean
+    rewards/chosen and rewards/rejected over the `last` steps. A reward beta * (log pi - log pi_ref)
+    below 0 means the policy made those responses *less* likely than the reference did.
+    """
+    tail = history[-last:]
+    return {
+        "steps": len(history), "steps_chosen_negative": sum(row["rewards/chosen"] < 0 for row in history),
+        "last_steps": len(tail), "chosen_last": sum(row["rewards/chosen"] for row in tail) / len(tail),
+        "rejected_last": sum(row["rewards/rejected"] for row in tail) / len(tail),
+    }
 
 
 def plot_evaluation(evaluations: Sequence[dict]) -> Figure:
@@ -90,9 +116,17 @@ def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequen
         "",
         f"Step-1 loss {summary['step0_loss']:.4f} (ln 2 = 0.6931) and margin {summary['step0_margin']:.4f}: the policy started as the reference.",
         "",
-        "## Plots",
-        "",
     ]
+    if "implicit_rewards" in summary:
+        moved = summary["implicit_rewards"]
+        beta = summary["train_config"]["beta"]
+        lines += [
+            f"Implicit rewards over the last {moved['last_steps']} steps: chosen {moved['chosen_last']:+.3f}, rejected "
+            f"{moved['rejected_last']:+.3f} (log-prob change {moved['chosen_last'] / beta:+.1f} and {moved['rejected_last'] / beta:+.1f} nats); "
+            f"the chosen reward was negative at {moved['steps_chosen_negative']} of {moved['steps']} steps.",
+            "",
+        ]
+    lines += ["## Plots", ""]
     lines += [f"![{name}](plots/{path.name})" for name, path in plot_paths.items()]
     lines += ["", "## Samples before and after (held-out prompts)", "", "| prompt | reference | DPO policy |", "|---|---|---|"]
     for example in examples:

@@ -33,7 +33,7 @@ from .generation import make_pairs, sample_completions, write_jsonl
 from .models import load_model, model_provenance
 from .prompts import load_prompts
 from . import checkpoint
-from .report import markdown_report, plot_evaluation, plot_reward_histograms, plot_training, save_figures
+from .report import implicit_rewards, markdown_report, plot_evaluation, plot_reward_histograms, plot_training, save_figures
 from .rewards import sentiment_rewards
 from .rundir import RunFolder
 from .train import TrainConfig, train_dpo
@@ -84,6 +84,7 @@ class HeldOutEvaluator:
             batch_size=profile.run_sample_batch_size, seed=profile.run_seed + 1, precision=precision,
         )
         self.reference_texts = samples.texts
+        self.reference_lengths = [len(ids) for ids in samples.completion_ids]
         self.reference_rewards = sentiment_rewards(samples.texts)
         self.results: list[dict] = []
 
@@ -230,7 +231,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
         "model": provenance, "device": device_name(device), "precision": arithmetic, "profile": profile.name,
         "train_config": dataclasses.asdict(config), "pairs": pair_counts, "steps": len(history),
         "heldout_prompts": len(heldout_prompts),
-        "step0_loss": history[0]["loss"], "step0_margin": history[0]["rewards/margins"],
+        "step0_loss": history[0]["loss"], "step0_margin": history[0]["rewards/margins"], "implicit_rewards": implicit_rewards(history),
         "reference": {"reward_mean": reference_mean, "reward_se": reference_se},
         "final": {key: final[key] for key in EVAL_KEYS},
         "evaluations": [{"step": row["step"], **{key: row[key] for key in EVAL_KEYS}} for row in evaluations], "resumed": resume,

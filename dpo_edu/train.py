@@ -59,7 +59,8 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto: bf16 / fp16 where the hardware has it (GPUs, CPUs with AVX512-BF16 or AMX), else "no"
     gradient_checkpointing: bool = False  # keep only each layer's input, recompute the rest in backward: less memory, more time (benchmarks/train_vs_trl.py)
     use_chat_template: bool | None = None  # None: if the tokenizer has one; False: plain-text continuation
-    odpo_alpha: float | None = None  # None: DPO; a number: ODPO, offset alpha * log(chosen_score - rejected_score)
+    odpo_alpha: float | None = None  # None: DPO; a number: ODPO, offset alpha * log(odpo_score_scale * (chosen_score - rejected_score))
+    odpo_score_scale: float = 1.0  # the scores' unit: gaps below 1 / scale get a negative offset (see losses.odpo_offset)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -104,7 +105,7 @@ _RANGES = {
     "beta": _above(0), "label_smoothing": _within(0, 0.5), "learning_rate": _above(0), "weight_decay": _at_least(0),
     "batch_size": _at_least(1), "gradient_accumulation_steps": _at_least(1), "epochs": _at_least(1), "max_steps": _at_least(1),
     "warmup_steps": _at_least(0), "max_grad_norm": _above(0), "max_length": _at_least(1), "max_prompt_length": _at_least(1),
-    "odpo_alpha": _at_least(0), "seed": _within(0, 2**32),  # numpy's seeds
+    "odpo_alpha": _at_least(0), "odpo_score_scale": _above(0), "seed": _within(0, 2**32),  # numpy's seeds
 }
 _CHOICES = {"loss_type": LOSS_TYPES, "mixed_precision": MIXED_PRECISION}
 _KINDS = {int: "an int", float: "a finite number", bool: "True or False", str: "a string"}
@@ -270,8 +271,8 @@ def _reference_loader(features: list[dict], config: TrainConfig, pad_token_id: i
     return _loader(features, config.micro_batch_size, pad_token_id, shuffle=True, seed=config.seed)
 
 
-def pair_offsets(examples: list[dict[str, Any]], alpha: float) -> torch.Tensor:
-    """ODPO's offsets (N,) from each example's chosen_score and rejected_score (ties: see `odpo_offset`)."""
+def pair_offsets(examples: list[dict[str, Any]], alpha: float, scale: float = 1.0) -> torch.Tensor:
+    """ODPO's offsets (N,) from each example's chosen_score and rejected_score (scale and ties: see `odpo_offset`)."""
     for number, example in enumerate(examples):
         for field in ("chosen_score", "rejected_score"):
             value = example.get(field)
@@ -279,7 +280,7 @@ def pair_offsets(examples: list[dict[str, Any]], alpha: float) -> torch.Tensor:
                 raise ValueError(f"example {number}, field {field!r}: ODPO needs a finite number, got {value!r}")
     chosen = torch.tensor([float(example["chosen_score"]) for example in examples])
     rejected = torch.tensor([float(example["rejected_score"]) for example in examples])
-    return odpo_offset(chosen, rejected, alpha)
+    return odpo_offset(chosen, rejected, alpha, scale=scale)
 
 
 def _accelerator(config: TrainConfig):
@@ -345,7 +346,7 @@ def train_dpo(
         raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue")
     saved = checkpoints.load_latest(checkpoint_dir, config) if resume else None
     examples, features = usable_examples(tokenizer, examples, config, log=log)
-    offsets = pair_offsets(examples, config.odpo_alpha) if config.odpo_alpha is not None else None
+    offsets = pair_offsets(examples, config.odpo_alpha, config.odpo_score_scale) if config.odpo_alpha is not None else None
     if saved is not None:
         checkpoints.restore_model(model, saved)
         reference = saved.reference

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,12 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+def course_notebooks() -> list[Path]:
+    """notebooks/NN_name.ipynb and the optional appendices NNx_name.ipynb, in course order (04, 04b, 05)."""
+    return sorted(path for path in NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb")
+                  if re.fullmatch(r"\d\d[a-z]?_\w+\.ipynb", path.name))
 
 
 def normalise(notebook: nbformat.NotebookNode, stem: str) -> None:
@@ -80,9 +87,10 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="keep the outputs in the notebook files")
     parser.add_argument("--update-header", action="store_true", help="write the measured time into the header's runtime table")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
-    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    parser.add_argument("notebooks", nargs="*", type=Path,
+                        help="default: every notebooks/NN_*.ipynb and appendix NNx_*.ipynb (04b_...)")
     args = parser.parse_args()
-    paths = args.notebooks or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or course_notebooks()
     print(f"| notebook | {args.profile} (s) |\n|---|---|")
     for path in paths:
         seconds = run(path, args.profile, args.write, args.timeout, args.update_header)

@@ -52,18 +52,19 @@ CASES = [
 def test_function_checkers(checker, right, wrong, capsys):
     assert checker(right) is True
     assert "correct" in capsys.readouterr().out
-    with pytest.raises(AssertionError):
-        checker(wrong)
+    assert checker(wrong) is False
+    assert "wrong - " in capsys.readouterr().out
     assert checker(stub) is None
     assert "not attempted" in capsys.readouterr().out
 
 
-def test_value_checkers():
-    assert ex.check_00_initial_dpo_loss(0.6931) is True
-    with pytest.raises(AssertionError, match="hint"):
-        ex.check_00_initial_dpo_loss(0.5)
+def test_value_checkers(capsys):
+    assert ex.check_00_initial_dpo_loss(-math.log(0.5)) is True
+    assert ex.check_00_initial_dpo_loss(0.6931) is False  # typed from a printout, not computed
+    assert "typed in" in capsys.readouterr().out
+    assert ex.check_00_initial_dpo_loss(0.5) is False
+    assert "probability" in capsys.readouterr().out  # 0.5 is sigmoid(0), not the loss
     assert ex.check_00_initial_dpo_loss(None) is None
     assert ex.check_02_log10_sequences(10 * math.log10(49_152), 49_152, 10) is True
-    with pytest.raises(AssertionError):
-        ex.check_02_log10_sequences(49_152**10, 49_152, 10)
+    assert ex.check_02_log10_sequences(49_152**10, 49_152, 10) is False
     assert ex.check_02_log10_sequences(None, 49_152, 10) is None

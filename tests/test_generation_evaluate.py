@@ -107,6 +107,7 @@ def test_evaluation_of_the_reference_against_itself(model, tokenizer):
     assert skipped["kl"] == 0.0 and skipped["rewards"] == same["rewards"]
     assert same["reward_gain"] == pytest.approx(same["reward_mean"] - 0.0)
     assert 0.0 <= same["win_rate"] <= 1.0 and len(same["samples"]) == 3
+    assert len(same["lengths"]) == 3 and all(1 <= n <= 6 for n in same["lengths"])  # tokens generated, EOS included
     with pytest.raises(ValueError, match="2 reference rewards for 3 prompts"):
         evaluate_policy(model, None, tokenizer, PROMPTS, [0.0, 0.0])
 

@@ -140,3 +140,23 @@ def test_odpo_offset_values_and_ties():
 def test_odpo_offset_rejects_misordered_or_nonfinite(chosen, rejected):
     with pytest.raises(ValueError, match="row 1|row 0"):
         odpo_offset(torch.tensor(chosen), torch.tensor(rejected))
+
+
+def test_odpo_offset_score_scale_sets_where_offsets_turn_negative():
+    chosen, rejected = torch.tensor([0.9, 0.15, 0.05]), torch.tensor([-0.9, 0.0, 0.0])  # gaps 1.8, 0.15, 0.05
+    unscaled = odpo_offset(chosen, rejected, alpha=1.0)
+    scaled = odpo_offset(chosen, rejected, alpha=1.0, scale=10.0)
+    assert (unscaled[1:] < 0).all()  # VADER-sized gaps below 1 relax DPO
+    assert torch.allclose(scaled, unscaled + math.log(10.0)) and scaled[1] > 0 > scaled[2]
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+            odpo_offset(chosen, rejected, scale=bad)
+
+
+def test_train_config_passes_the_score_scale_to_the_offsets():
+    from dpo_edu.train import TrainConfig, pair_offsets
+
+    pairs = [{"chosen_score": 0.5, "rejected_score": 0.3}]
+    assert pair_offsets(pairs, 1.0, 10.0).item() == pytest.approx(math.log(2.0), rel=1e-5)
+    with pytest.raises(ValueError, match="odpo_score_scale"):
+        TrainConfig(odpo_alpha=1.0, odpo_score_scale=0.0)

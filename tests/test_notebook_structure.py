@@ -8,12 +8,16 @@ from pathlib import Path
 import nbformat
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# NN_name.ipynb, and optional appendices NNx_name.ipynb (04b_...: sorts right after 04)
+NOTEBOOKS = sorted(
+    path for path in (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]*_*.ipynb")
+    if re.fullmatch(r"\d\d[a-z]?_\w+\.ipynb", path.name)
+)
 COLAB_URL = "https://colab.research.google.com/github/dpo-edu/dpo-edu/blob/main/notebooks/"
 
 
 def test_notebooks_exist():
-    numbers = [path.name[:2] for path in NOTEBOOKS]
+    numbers = [path.name.split("_")[0] for path in NOTEBOOKS]  # "04", "04b", ...
     assert numbers[:4] == ["00", "01", "02", "03"], numbers
     assert len(set(numbers)) == len(numbers), f"two notebooks share a number: {numbers}"
 

@@ -57,6 +57,10 @@ def test_the_run_records_its_arithmetic(run_dir):
 def test_report_shows_the_table_plots_and_five_samples(run_dir):
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "| win rate against the reference |" in report and "(ln 2 = 0.6931)" in report
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    moved = json.loads((run_dir / "summary.json").read_text())["implicit_rewards"]
+    assert moved["steps_chosen_negative"] == sum(row["rewards/chosen"] < 0 for row in rows)
+    assert f"chosen {moved['chosen_last']:+.3f}, rejected {moved['rejected_last']:+.3f}" in report
     assert report.count("](plots/") == 3
     samples_table = report.split("## Samples before and after")[1]
     assert samples_table.count("\n|") == 2 + 5

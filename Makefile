@@ -33,11 +33,11 @@ OUT     ?= runs/dpo
 run: setup
 	$(VENV)/bin/dpo-edu run --profile $(PROFILE) --out $(OUT) $(ARGS)
 
-# Speed and memory against TRL's DPOTrainer on identical batches (installs the `bench` extra: TRL),
+# Speed and memory against TRL's DPOTrainer on identical batches (installs the `trl` extra),
 # and the course's sampler against plain `generate`.
 # Prints s/step, tokens/s, peak RSS and their ratios; bf16 only where the CPU has it in hardware.
 bench: setup
-	$(PIP) install --quiet -e '.[bench]'
+	$(PIP) install --quiet -e '.[trl]'
 	$(PY) benchmarks/train_vs_trl.py --precision both
 	$(PY) benchmarks/sampling_vs_generate.py --rows 128
 
@@ -59,11 +59,17 @@ $(FLOOR)/.installed: Makefile | $(STAMP)
 test-floor: setup $(FLOOR)/.installed
 	$(PY) scripts/check_floor.py $(FLOOR) $(FLOOR_TRANSFORMERS)
 
+# TRL, an optional extra: the tests compare the course's trainer with trl.DPOTrainer (tests/test_trl_parity.py).
+TRL_STAMP := $(VENV)/.installed-trl
+$(TRL_STAMP): pyproject.toml | $(STAMP)
+	$(PIP) install --quiet -e '.[trl]'
+	touch $@
+
 # The floor check, the package's tests, then every notebook top to bottom (nbval, smoke profile).
-test: setup test-floor
+test: setup $(TRL_STAMP) test-floor
 	DPO_EDU_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
 
-test-package: setup
+test-package: setup $(TRL_STAMP)
 	DPO_EDU_PROFILE=smoke $(PY) -m pytest tests
 
 test-notebooks: setup

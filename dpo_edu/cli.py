@@ -39,6 +39,7 @@ def _stopped(command: str, error: BaseException, out: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .run import LOSS_SETTINGS
     from .run import run as run_pipeline
     from .train import TrainingStopped
 
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         print("dpo-edu run: --resume continues a run and --overwrite replaces it; choose one", file=sys.stderr)
         return 2
     try:
+        loss = {name: value for name in LOSS_SETTINGS if (value := getattr(args, name)) is not None}
         summary = run_pipeline(args.profile, args.out, model=args.model, overwrite=args.overwrite, resume=args.resume,
-                               progress=not args.quiet, precision=args.precision)
+                               progress=not args.quiet, precision=args.precision, loss=loss or None)
     except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as error:
         print(f"dpo-edu run: {error}", file=sys.stderr)
         return 2
@@ -88,12 +90,27 @@ def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _loss_options(parser: argparse.ArgumentParser) -> None:
+    from .losses import LOSS_TYPES
+
+    group = parser.add_argument_group("loss (dpo_edu.losses; default: the profile's DPO)")
+    group.add_argument("--loss-type", dest="loss_type", choices=LOSS_TYPES, default=None,
+                       help="sigmoid (DPO), robust, ipo, hinge (SLiC), simpo or orpo (these two use no reference)")
+    group.add_argument("--beta", type=float, default=None, help="the loss's beta (default: the profile's)")
+    group.add_argument("--label-smoothing", dest="label_smoothing", type=float, default=None,
+                       help="the label-noise rate eps for sigmoid (cDPO) or robust")
+    group.add_argument("--sft-weight", dest="sft_weight", type=float, default=None,
+                       help="add this times the chosen responses' NLL (RPO; TRL: loss_type=[\"sigmoid\", \"sft\"])")
+    group.add_argument("--simpo-gamma", dest="simpo_gamma", type=float, default=None, help="SimPO's target margin gamma")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dpo-edu", description="The dpo-edu course's command line.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("verify", help="check every derivation step with sympy, and that each known slip fails")
     run_parser = commands.add_parser("run", help="the full DPO run: pairs -> training -> evaluation -> report")
     _run_options(run_parser, "runs/dpo")
+    _loss_options(run_parser)
     frontier_parser = commands.add_parser("frontier", help="DPO and ODPO over a beta sweep and seeds: the reward-KL frontier")
     _run_options(frontier_parser, "runs/frontier")
     frontier_parser.add_argument("--dense", action="store_true", help="sweep more betas (profile.frontier_dense_betas): for a GPU")

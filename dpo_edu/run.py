@@ -41,6 +41,7 @@ from .utils import device_name, get_device, precision_dtype, precision_name, see
 
 # `--precision` -> TrainConfig.mixed_precision (accelerate's names: "no" is float32)
 MIXED_PRECISION_OF = {"auto": "auto", "fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+LOSS_SETTINGS = ("loss_type", "beta", "label_smoothing", "sft_weight", "simpo_gamma")  # what `loss=` (dpo-edu run --loss-type ...) may set
 EVAL_KEYS = ("reward_mean", "reward_se", "reward_gain", "reward_gain_se", "win_rate", "kl", "kl_se")
 
 
@@ -129,7 +130,7 @@ def save_policy(model, tokenizer, target: Path) -> Path:
 
 
 def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, model=None, overwrite: bool = False,
-        resume: bool = False, progress: bool = True, precision: str | None = None, log=print) -> dict:
+        resume: bool = False, progress: bool = True, precision: str | None = None, loss: dict | None = None, log=print) -> dict:
     """Pairs, training, evaluation and report for `profile`; returns the summary (also in out/summary.json).
 
     `out` is a run folder (`dpo_edu.rundir`): an existing one is replaced only
@@ -142,13 +143,18 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     `precision` ("auto", the default; "fp32"; "bf16"; "fp16"): the autocast of
     sampling, training and evaluation (`dpo_edu.utils.precision_dtype`; auto is
     bf16 where the hardware has it); the weights stay float32 either way.
+    `loss`: TrainConfig's loss settings over the profile's, e.g. {"loss_type": "simpo", "beta": 2.0}
+    (fields: loss_type, beta, label_smoothing, sft_weight, simpo_gamma; `dpo-edu run --loss-type ...`).
     """
     folder = RunFolder.check(out, "run", overwrite=overwrite, resume=resume)
     if resume:
-        profile, model, precision = folder.resume_options(profile, model, precision=precision)
+        profile, model, precision, loss = folder.resume_options(profile, model, precision=precision, loss=loss)
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     precision = precision or "auto"
-    config = train_config(profile, mixed_precision=MIXED_PRECISION_OF[precision])  # invalid settings fail here, before any work
+    unknown = set(loss or {}) - set(LOSS_SETTINGS)
+    if unknown:
+        raise ValueError(f"loss settings {sorted(unknown)} are not among {', '.join(LOSS_SETTINGS)}")
+    config = train_config(profile, mixed_precision=MIXED_PRECISION_OF[precision], **(loss or {}))  # invalid settings fail here, before any work
     out = folder.path
     latest = checkpoint.latest_folder(out / "checkpoints") if resume else None
     continue_training = latest is not None
@@ -162,7 +168,7 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     policy, tokenizer = load_model(model, device=device)  # a missing model fails here, before the run directory is touched
     provenance = model_provenance(model)  # which weights: after loading, so a cache built just now is named with its hash
     if not resume:
-        folder.start(profile=profile.name, model=None if model is None else str(model), precision=precision)
+        folder.start(profile=profile.name, model=None if model is None else str(model), precision=precision, loss=loss or None)
     log(f"model {provenance['weights']} on {device_name(device)}, {describe_precision(arithmetic)}; profile {profile.name}; "
         f"{'resuming' if resume else 'writing'} {out}")
     train_prompts = load_prompts("train")[: profile.run_train_prompts]

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from .data import IGNORE_INDEX, NoRoomForResponse, TokenSeamError, collate_preferences, split_chosen_rejected, tokenize_preference
 from .logprobs import sequence_logprobs
-from .losses import LOSS_TYPES, dpo_loss, odpo_offset
+from .losses import REFERENCE_FREE, check_loss_settings, dpo_loss, odpo_offset
 from .utils import get_device, precision_dtype, seed_everything
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -61,6 +61,8 @@ class TrainConfig:
     use_chat_template: bool | None = None  # None: if the tokenizer has one; False: plain-text continuation
     odpo_alpha: float | None = None  # None: DPO; a number: ODPO, offset alpha * log(odpo_score_scale * (chosen_score - rejected_score))
     odpo_score_scale: float = 1.0  # the scores' unit: gaps below 1 / scale get a negative offset (see losses.odpo_offset)
+    sft_weight: float = 0.0  # > 0: add sft_weight * NLL(chosen) (RPO; TRL: loss_type=["sigmoid", "sft"], loss_weights=[1, w])
+    simpo_gamma: float = 0.5  # SimPO's target margin (loss_type="simpo")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,10 +79,9 @@ class TrainConfig:
             problems.append(f"batch_size {self.batch_size} must be a multiple of gradient_accumulation_steps {self.gradient_accumulation_steps}")
         if valid >= {"max_prompt_length", "max_length"} and self.max_prompt_length >= self.max_length:
             problems.append(f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} with max_length {self.max_length}")
-        if valid >= {"odpo_alpha", "loss_type"} and self.odpo_alpha is not None and self.loss_type != "sigmoid":
-            problems.append(f"odpo_alpha needs loss_type 'sigmoid' (the offset sits inside the sigmoid), got {self.loss_type!r}")
-        if valid >= {"label_smoothing", "loss_type"} and self.label_smoothing and self.loss_type != "sigmoid":
-            problems.append(f"label_smoothing needs loss_type 'sigmoid' (cDPO smooths the sigmoid's labels), got {self.loss_type!r}; set it to 0")
+        if valid >= _LOSS_FIELDS:  # the loss's own rules live in dpo_edu.losses, for dpo_loss and TrainConfig alike
+            problems += check_loss_settings(self.loss_type, self.beta, label_smoothing=self.label_smoothing, sft_weight=self.sft_weight,
+                                            simpo_gamma=self.simpo_gamma, offset=self.odpo_alpha is not None)
         return problems
 
     @property
@@ -100,14 +101,16 @@ def _within(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
     return (lambda value: low <= value < high), f"in [{low}, {high})"
 
 
-# A TrainConfig field's type is its annotation ("| None": None will do); its range, or its allowed strings, is here.
+# A TrainConfig field's type is its annotation ("| None": None will do); its range, or its allowed strings, is here,
+# except for the loss's fields, whose rules (ranges and which loss_type takes which) are losses.check_loss_settings.
+_LOSS_FIELDS = {"loss_type", "beta", "label_smoothing", "sft_weight", "simpo_gamma", "odpo_alpha"}
 _RANGES = {
-    "beta": _above(0), "label_smoothing": _within(0, 0.5), "learning_rate": _above(0), "weight_decay": _at_least(0),
+    "learning_rate": _above(0), "weight_decay": _at_least(0),
     "batch_size": _at_least(1), "gradient_accumulation_steps": _at_least(1), "epochs": _at_least(1), "max_steps": _at_least(1),
     "warmup_steps": _at_least(0), "max_grad_norm": _above(0), "max_length": _at_least(1), "max_prompt_length": _at_least(1),
     "odpo_alpha": _at_least(0), "odpo_score_scale": _above(0), "seed": _within(0, 2**32),  # numpy's seeds
 }
-_CHOICES = {"loss_type": LOSS_TYPES, "mixed_precision": MIXED_PRECISION}
+_CHOICES = {"mixed_precision": MIXED_PRECISION}
 _KINDS = {int: "an int", float: "a finite number", bool: "True or False", str: "a string"}
 
 
@@ -256,7 +259,7 @@ def compute_reference_logps(model, tokenizer, examples: list[dict[str, Any]], co
     loader = _reference_loader(features, config, _pad_id(tokenizer))
     device = next(model.parameters()).device
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_mixed_precision(config.mixed_precision, device))
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), _adapters_disabled(model):
         return reference_logps(model, loader, device=device)
 
 
@@ -295,8 +298,18 @@ def _accelerator(config: TrainConfig):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision, get_device()),
+    device = get_device()
+    # cpu=True on a CPU: DPO_EDU_DEVICE=cpu is obeyed on a GPU machine too, and `accelerate launch --multi_gpu` on a
+    # CPU-only machine runs its processes over gloo (without it they would each train alone, silently)
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=resolve_mixed_precision(config.mixed_precision, device),
                        gradient_accumulation_steps=config.gradient_accumulation_steps)
+
+
+def _adapters_disabled(model):
+    """A context in which a peft model (dpo_edu.lora) is its base model: the reference, with no second copy of the weights."""
+    import contextlib
+
+    return model.disable_adapter() if hasattr(model, "peft_config") and hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
 class TrainingStopped(RuntimeError):
@@ -349,7 +362,7 @@ def train_dpo(
     offsets = pair_offsets(examples, config.odpo_alpha, config.odpo_score_scale) if config.odpo_alpha is not None else None
     if saved is not None:
         checkpoints.restore_model(model, saved)
-        reference = saved.reference
+        reference = saved.reference if saved.reference[0].numel() else None  # empty: a reference-free loss
     if reference is not None and not all(len(logps) == len(examples) for logps in reference):
         raise ValueError(f"reference log-probs for {[len(logps) for logps in reference]} pairs, but {len(examples)} usable examples")
     pad_token_id = _pad_id(tokenizer)
@@ -358,13 +371,15 @@ def train_dpo(
     shuffle_generator = train_loader.generator  # its state at an epoch's start fixes that epoch's order
     reference_loader = _reference_loader(features, config, pad_token_id)
     # fused: one kernel over all parameters instead of a loop over tensors; the same update rule
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+    # only what trains: with LoRA (dpo_edu.lora) the frozen base weights get no optimizer state
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
     model, optimizer, train_loader, reference_loader = accelerator.prepare(model, optimizer, train_loader, reference_loader)
 
-    if reference is None:
-        with accelerator.autocast():
+    if reference is None and config.loss_type not in REFERENCE_FREE:
+        with accelerator.autocast(), _adapters_disabled(accelerator.unwrap_model(model)):
             reference = reference_logps(model, reference_loader, accelerator)  # before any update: the reference
-    ref_chosen, ref_rejected = reference
+    ref_chosen, ref_rejected = reference or (None, None)
 
     steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
     total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
@@ -390,7 +405,8 @@ def train_dpo(
         if checkpoint_dir is None or not accelerator.is_main_process:
             return None
         return checkpoints.save(
-            checkpoint_dir, accelerator.unwrap_model(model), optimizer, config=config, reference=(ref_chosen, ref_rejected),
+            checkpoint_dir, accelerator.unwrap_model(model), optimizer, config=config,
+            reference=(ref_chosen, ref_rejected) if ref_chosen is not None else (torch.zeros(0), torch.zeros(0)),
             epoch_generator_state=epoch_generator_state,
             state={"epoch": epoch, "batches_done_in_epoch": batches_done, "history": history, "scheduler": scheduler.state_dict()},
         )
@@ -416,15 +432,21 @@ def train_dpo(
                     with accelerator.accumulate(model):
                         with accelerator.autocast():
                             policy_chosen, policy_rejected = pair_logps(model, batch)
-                        index = batch["index"].cpu()
+                        index, device = batch["index"].cpu(), policy_chosen.device
+                        chosen_lengths, rejected_lengths = split_chosen_rejected((batch["labels"] != IGNORE_INDEX).sum(1))
                         losses, chosen_rewards, rejected_rewards = dpo_loss(
                             policy_chosen.float(), policy_rejected.float(),
-                            ref_chosen[index].to(policy_chosen.device), ref_rejected[index].to(policy_chosen.device),
+                            None if ref_chosen is None else ref_chosen[index].to(device),
+                            None if ref_rejected is None else ref_rejected[index].to(device),
                             config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
-                            offset=None if offsets is None else offsets[index].to(policy_chosen.device),
+                            offset=None if offsets is None else offsets[index].to(device),
+                            chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
+                            sft_weight=config.sft_weight, simpo_gamma=config.simpo_gamma,
                         )
                         loss = losses.mean()
-                        if not torch.isfinite(loss):  # stop before any update from it; the last checkpoint stays as it is
+                        # stop before any update from it (all processes together: one alone would leave the others
+                        # waiting in the gradient all-reduce); the last checkpoint stays as it is
+                        if not accelerator.gather(torch.isfinite(loss.detach())[None]).all():
                             raise TrainingStopped(
                                 f"non-finite loss ({loss.item()}) at step {len(history) + 1}, epoch {epoch}; "
                                 + (f"the last good checkpoint is in {checkpoint_dir}" if checkpoint_dir else "no checkpoint_dir was given")
@@ -435,19 +457,22 @@ def train_dpo(
                         optimizer.step()
                         optimizer.zero_grad()
 
+                    # every process's pairs (under `accelerate launch`): the metrics are the run's, not one shard's
+                    losses_all, chosen_all, rejected_all, policy_chosen_all, policy_rejected_all = accelerator.gather(
+                        (losses.detach(), chosen_rewards, rejected_rewards, policy_chosen.detach().float(), policy_rejected.detach().float()))
                     micro = {
-                        "loss": loss.item(),
-                        "rewards/chosen": chosen_rewards.mean().item(),
-                        "rewards/rejected": rejected_rewards.mean().item(),
-                        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-                        "logps/chosen": policy_chosen.detach().mean().item(),
-                        "logps/rejected": policy_rejected.detach().mean().item(),
+                        "loss": losses_all.mean().item(),
+                        "rewards/chosen": chosen_all.mean().item(),
+                        "rewards/rejected": rejected_all.mean().item(),
+                        "rewards/margins": (chosen_all - rejected_all).mean().item(),
+                        "rewards/accuracies": (chosen_all > rejected_all).float().mean().item(),
+                        "logps/chosen": policy_chosen_all.mean().item(),
+                        "logps/rejected": policy_rejected_all.mean().item(),
                     }
                     for name, value in micro.items():
                         sums[name] = sums.get(name, 0.0) + value
                     micro_batches += 1
-                    tokens += int(batch["attention_mask"].sum())
+                    tokens += int(accelerator.gather(batch["attention_mask"].sum()).sum())
                     if not accelerator.sync_gradients:
                         continue
                     elapsed = time.perf_counter() - started

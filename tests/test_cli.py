@@ -1,7 +1,10 @@
 import subprocess
 import sys
 
+import pytest
+
 from dpo_edu import cli
+from dpo_edu.cli import main
 
 
 def test_verify_passes_and_prints_each_step(capsys):
@@ -22,3 +25,23 @@ def test_verify_fails_when_a_slip_passes(monkeypatch, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "dpo_edu.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "verify" in result.stdout
+
+
+def test_run_passes_the_loss_options(monkeypatch, tmp_path):
+    import dpo_edu.run
+
+    seen = {}
+    monkeypatch.setattr(dpo_edu.run, "run", lambda *args, **kwargs: seen.update(kwargs) or {"steps": 1})
+    assert main(["run", "--out", str(tmp_path / "r"), "--loss-type", "simpo", "--beta", "2", "--simpo-gamma", "0.8"]) == 0
+    assert seen["loss"] == {"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 0.8}
+    assert main(["run", "--out", str(tmp_path / "r")]) == 0 and seen["loss"] is None
+
+
+def test_run_names_a_bad_loss_setting_before_any_work(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "--profile", "smoke", "--out", str(out), "--loss-type", "ipo", "--label-smoothing", "0.1"]) == 2
+    assert "label_smoothing applies to loss_type 'sigmoid' (cDPO) or 'robust' only" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["run", "--loss-type", "kto"])
+    assert "invalid choice: 'kto'" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpo_edu.losses import LOSS_TYPES, dpo_loss, odpo_offset
+from dpo_edu.losses import LOSS_TYPES, LOSSES, REFERENCE_FREE, check_loss_settings, dpo_loss, odpo_offset
 
 
 def random_logps(batch=32, seed=0):
@@ -98,7 +98,7 @@ def test_offset_changes_the_gradient():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"loss_type": "kto"}, "allowed: sigmoid, ipo, hinge"),
+        ({"loss_type": "kto"}, "unknown loss_type 'kto' \\(known: sigmoid, robust, ipo, hinge, simpo, orpo\\)"),
         ({"beta": 0.0}, "beta must be > 0"),
         ({"beta": -1.0}, "beta must be > 0"),
         ({"label_smoothing": 0.5}, "label_smoothing"),
@@ -119,7 +119,8 @@ def test_shape_mismatch_is_named():
 
 
 def test_loss_types_listed():
-    assert LOSS_TYPES == ("sigmoid", "ipo", "hinge")
+    assert LOSS_TYPES == ("sigmoid", "robust", "ipo", "hinge", "simpo", "orpo")
+    assert tuple(LOSSES) == LOSS_TYPES
 
 
 def test_odpo_offset_values_and_ties():
@@ -160,3 +161,107 @@ def test_train_config_passes_the_score_scale_to_the_offsets():
     assert pair_offsets(pairs, 1.0, 10.0).item() == pytest.approx(math.log(2.0), rel=1e-5)
     with pytest.raises(ValueError, match="odpo_score_scale"):
         TrainConfig(odpo_alpha=1.0, odpo_score_scale=0.0)
+
+
+# ---- the variants beyond DPO: each checked against its paper's formula, written out here ----
+
+def random_lengths(batch=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randint(1, 40, (batch,), generator=generator).double() for _ in range(2))
+
+
+def test_robust_is_the_unbiased_loss():
+    """rDPO (Chowdhury et al. 2024, eq. 4): labels flipped with probability eps; the expected robust loss is the clean DPO loss."""
+    logps = random_logps(seed=6)
+    beta, eps = 0.3, 0.2
+    robust, chosen_rewards, rejected_rewards = dpo_loss(*logps, beta, loss_type="robust", label_smoothing=eps)
+    z = chosen_rewards - rejected_rewards
+    assert torch.allclose(robust, (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps))
+    flipped, _, _ = dpo_loss(logps[1], logps[0], logps[3], logps[2], beta, loss_type="robust", label_smoothing=eps)
+    assert torch.allclose((1 - eps) * robust + eps * flipped, -F.logsigmoid(z))
+    cdpo, _, _ = dpo_loss(*logps, beta, label_smoothing=eps)  # cDPO is biased: its expectation is not the clean loss
+    cdpo_flipped, _, _ = dpo_loss(logps[1], logps[0], logps[3], logps[2], beta, label_smoothing=eps)
+    assert not torch.allclose((1 - eps) * cdpo + eps * cdpo_flipped, -F.logsigmoid(z), atol=1e-3)
+    plain, _, _ = dpo_loss(*logps, beta, loss_type="robust")
+    assert torch.allclose(plain, -F.logsigmoid(z))  # eps = 0 is DPO
+
+
+def test_ipo_divides_log_ratios_by_length():
+    logps = random_logps(seed=7)
+    chosen_lengths, rejected_lengths = random_lengths(seed=7)
+    beta = 0.25
+    ipo, _, _ = dpo_loss(*logps, beta, loss_type="ipo", chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    h_avg = (logps[0] - logps[2]) / chosen_lengths - (logps[1] - logps[3]) / rejected_lengths
+    assert torch.allclose(ipo, (h_avg - 1 / (2 * beta)) ** 2)
+    summed, _, _ = dpo_loss(*logps, beta, loss_type="ipo")
+    assert not torch.allclose(ipo, summed)
+
+
+def test_simpo_formula_needs_no_reference():
+    """SimPO (Meng et al. 2024, eq. 6): -log sigma(beta/|y_w| log pi(y_w) - beta/|y_l| log pi(y_l) - gamma)."""
+    policy_chosen, policy_rejected, _, _ = random_logps(seed=8)
+    chosen_lengths, rejected_lengths = random_lengths(seed=8)
+    beta, gamma = 2.0, 0.5
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        policy_chosen, policy_rejected, None, None, beta, loss_type="simpo", simpo_gamma=gamma,
+        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    expected = -F.logsigmoid(beta * policy_chosen / chosen_lengths - beta * policy_rejected / rejected_lengths - gamma)
+    assert torch.allclose(losses, expected)
+    assert torch.allclose(chosen_rewards, beta * policy_chosen / chosen_lengths)
+    assert torch.allclose(rejected_rewards, beta * policy_rejected / rejected_lengths)
+    with_ref, _, _ = dpo_loss(policy_chosen, policy_rejected, policy_chosen * 0, policy_rejected * 0, beta, loss_type="simpo",
+                              simpo_gamma=gamma, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    assert torch.equal(with_ref, losses)  # a reference, if given, is ignored
+
+
+def test_orpo_formula():
+    """ORPO (Hong et al. 2024, eqs. 2-7): odds from the length-averaged probability; L = L_SFT + lambda L_OR."""
+    policy_chosen, policy_rejected, _, _ = random_logps(seed=9)
+    chosen_lengths, rejected_lengths = random_lengths(seed=9)
+    lam = 0.1
+    losses, _, _ = dpo_loss(policy_chosen, policy_rejected, beta=lam, loss_type="orpo",
+                            chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    p_w, p_l = torch.exp(policy_chosen / chosen_lengths), torch.exp(policy_rejected / rejected_lengths)
+    odds_w, odds_l = p_w / (1 - p_w), p_l / (1 - p_l)
+    nll = -policy_chosen.sum() / chosen_lengths.sum()
+    assert torch.allclose(losses, nll - lam * torch.log(torch.sigmoid(torch.log(odds_w / odds_l))))
+
+
+def test_sft_weight_adds_the_token_mean_nll():
+    """RPO (Pang et al. 2024): DPO + w * NLL(chosen); the NLL is TRL's "sft" term, a mean over the batch's chosen tokens."""
+    logps = random_logps(seed=10)
+    chosen_lengths, rejected_lengths = random_lengths(seed=10)
+    beta, weight = 0.1, 0.5
+    plain, _, _ = dpo_loss(*logps, beta, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    rpo, _, _ = dpo_loss(*logps, beta, sft_weight=weight, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    nll = -logps[0].sum() / chosen_lengths.sum()
+    assert torch.allclose(rpo.mean(), plain.mean() + weight * nll)
+    policy_chosen = logps[0].clone().requires_grad_(True)  # the NLL term pulls log pi(y_w) up: a more negative gradient
+    gradients = [torch.autograd.grad(dpo_loss(policy_chosen, *logps[1:], beta, sft_weight=w)[0].mean(), policy_chosen)[0]
+                 for w in (0.0, weight)]
+    assert torch.all(gradients[1] < gradients[0])
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "robust", "ipo", "hinge"])
+def test_reference_based_types_need_a_reference(loss_type):
+    policy_chosen, policy_rejected, _, _ = random_logps(batch=4)
+    with pytest.raises(ValueError, match="needs ref_chosen_logps"):
+        dpo_loss(policy_chosen, policy_rejected, None, None, 0.1, loss_type=loss_type)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_every_type_is_finite_with_gradients(loss_type):
+    logps = [t.clone().requires_grad_(True) for t in random_logps(batch=8, seed=11)]
+    chosen_lengths, rejected_lengths = random_lengths(batch=8, seed=11)
+    losses, _, _ = dpo_loss(*logps, 0.5, loss_type=loss_type, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    grad = torch.autograd.grad(losses.mean(), logps[0])[0]
+    assert torch.isfinite(losses).all() and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert (loss_type in REFERENCE_FREE) == (loss_type in ("simpo", "orpo"))
+
+
+def test_settings_are_checked_in_one_place():
+    assert check_loss_settings("sigmoid", 0.1) == []
+    assert check_loss_settings("robust", 0.1, label_smoothing=0.2) == []
+    assert check_loss_settings("kto", 0.1) == ["unknown loss_type 'kto' (known: sigmoid, robust, ipo, hinge, simpo, orpo)"]
+    problems = check_loss_settings("ipo", -1, label_smoothing=0.1, sft_weight=-1, offset=True)
+    assert len(problems) == 4 and "beta" in problems[0] and "label_smoothing" in problems[1]

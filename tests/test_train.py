@@ -70,12 +70,15 @@ def test_same_seed_same_metrics(tokenizer):
     "kwargs, message",
     [
         ({"beta": 0}, "beta must be > 0"),
-        ({"loss_type": "kto"}, "not one of: sigmoid, ipo, hinge"),
+        ({"loss_type": "kto"}, "unknown loss_type 'kto' \\(known: sigmoid, robust, ipo, hinge, simpo, orpo\\)"),
+        ({"loss_type": 3}, r"loss_type must be a string, got 3"),
+        ({"sft_weight": -0.5}, r"sft_weight must be >= 0, got -0.5"),
+        ({"loss_type": "simpo", "simpo_gamma": -1.0}, r"simpo_gamma must be >= 0"),
         ({"mixed_precision": "fp8"}, "not one of: auto, no, fp16, bf16"),
         ({"batch_size": 6, "gradient_accumulation_steps": 4}, "multiple of gradient_accumulation_steps"),
         ({"max_prompt_length": 200, "max_length": 128}, "max_prompt_length"),
         ({"odpo_alpha": -1.0}, "odpo_alpha must be None"),
-        ({"odpo_alpha": 1.0, "loss_type": "ipo"}, "odpo_alpha needs loss_type 'sigmoid'"),
+        ({"odpo_alpha": 1.0, "loss_type": "ipo"}, r"ODPO offset \(odpo_alpha\) needs loss_type 'sigmoid'"),
         ({"max_grad_norm": -1}, r"max_grad_norm must be > 0, got -1"),  # trained backwards: loss 0.69 -> 7.7 in 4 steps
         ({"max_grad_norm": float("nan")}, r"max_grad_norm must be a finite number, got nan"),
         ({"learning_rate": float("inf")}, r"learning_rate must be a finite number, got inf"),
@@ -88,8 +91,8 @@ def test_same_seed_same_metrics(tokenizer):
         ({"weight_decay": -1}, r"weight_decay must be >= 0, got -1"),
         ({"max_steps": 2.5}, r"max_steps must be None or an int, got 2.5"),
         ({"use_chat_template": "yes"}, r"use_chat_template must be None or True or False, got 'yes' \(str\)"),
-        ({"loss_type": "ipo", "label_smoothing": 0.1}, r"label_smoothing needs loss_type 'sigmoid'"),
-        ({"loss_type": "hinge", "label_smoothing": 0.1}, r"label_smoothing needs loss_type 'sigmoid'"),
+        ({"loss_type": "ipo", "label_smoothing": 0.1}, r"label_smoothing applies to loss_type 'sigmoid' \(cDPO\) or 'robust' only"),
+        ({"loss_type": "hinge", "label_smoothing": 0.1}, r"label_smoothing applies to loss_type 'sigmoid' \(cDPO\) or 'robust' only"),
     ],
 )
 def test_bad_config_fails_before_any_work(kwargs, message):
@@ -189,3 +192,66 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
     assert resolve_mixed_precision("auto", cpu) == "bf16" and utils.precision_dtype(cpu, "fp32") is None
     monkeypatch.setattr(utils, "cpu_bf16_supported", lambda: False)
     assert resolve_mixed_precision("auto", cpu) == "no" and resolve_mixed_precision("bf16", cpu) == "bf16"
+
+
+# ---- the variants through the trainer ----
+
+@pytest.mark.parametrize("loss_type, extra", [("robust", {"label_smoothing": 0.1}), ("ipo", {}), ("hinge", {}),
+                                              ("sigmoid", {"sft_weight": 1.0}), ("simpo", {"beta": 2.0}), ("orpo", {})])
+def test_every_variant_trains(tokenizer, loss_type, extra):
+    config = TrainConfig(**{"beta": 0.1, **extra}, loss_type=loss_type, learning_rate=5e-3, batch_size=4, epochs=8,
+                         warmup_steps=0, max_length=64, max_prompt_length=48)
+    history = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None)
+    assert all(math.isfinite(record["loss"]) for record in history)
+    assert history[-1]["rewards/margins"] > history[0]["rewards/margins"]
+    if loss_type in ("simpo", "orpo"):  # no reference: the rewards are beta * average log-probs, negative from step 1
+        assert history[0]["rewards/chosen"] < 0 and history[0]["rewards/margins"] != 0
+    else:
+        assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reference_free_variants_skip_the_reference_pass(tokenizer, monkeypatch):
+    import dpo_edu.train as train
+
+    calls = []
+    monkeypatch.setattr(train, "reference_logps", lambda *args, **kwargs: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    config = TrainConfig(loss_type="simpo", beta=2.0, batch_size=4, max_steps=1, warmup_steps=0, max_length=64, max_prompt_length=48)
+    history = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None)
+    assert len(history) == 1 and calls == []
+
+
+def test_the_trainer_passes_response_lengths(tokenizer):
+    """Lengths are the response tokens (EOS included): SimPO's first loss is its formula on the model's own log-probs."""
+    from dpo_edu.data import IGNORE_INDEX, collate_preferences, split_chosen_rejected, tokenize_preference
+    from dpo_edu.train import pair_logps
+
+    import torch.nn.functional as F
+
+    config = TrainConfig(loss_type="simpo", beta=2.0, simpo_gamma=0.5, batch_size=4, max_steps=1, warmup_steps=0,
+                         max_length=64, max_prompt_length=48)
+    model = tiny_model(tokenizer, seed=4)
+    features = [tokenize_preference(tokenizer, example, max_length=64, max_prompt_length=48) for example in EXAMPLES]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = collate_preferences(features, pad)
+    with torch.no_grad():
+        chosen, rejected = pair_logps(model, batch)
+    chosen_lengths, rejected_lengths = split_chosen_rejected((batch["labels"] != IGNORE_INDEX).sum(1))
+    expected = -F.logsigmoid(2.0 * (chosen / chosen_lengths - rejected / rejected_lengths) - 0.5).mean()
+    history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None)
+    assert history[0]["loss"] == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_reference_free_run_checkpoints_and_resumes(tokenizer, tmp_path):
+    """A SimPO run has no reference log-probs: its checkpoint stores none, and resuming does not ask for them."""
+    config = TrainConfig(loss_type="simpo", beta=2.0, learning_rate=1e-3, batch_size=2, epochs=2, warmup_steps=0,
+                         max_length=64, max_prompt_length=48)
+    whole = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None)
+    def crash_at_step_3(record):
+        if record["step"] == 3:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError, match="crash"):  # checkpoints of steps 1 and 2 are on disk
+        train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path,
+                  checkpoint_every=1, on_step=crash_at_step_3)
+    resumed = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path, resume=True)
+    assert [round(r["loss"], 6) for r in resumed] == [round(r["loss"], 6) for r in whole]

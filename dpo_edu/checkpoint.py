@@ -4,7 +4,8 @@ A checkpoint is a folder `<checkpoint_dir>/step-000123/` holding
     model.safetensors      the policy's weights (safetensors: tensors only, no code)
     tensors.safetensors    the reference log-probs and the shuffle generator's state at the epoch's start
     optimizer.pt           AdamW's state, read back with torch.load(weights_only=True)
-    trainer_state.json     step, epoch, batches done, the scheduler's state, the metrics so far, the TrainConfig
+    trainer_state.json     step, epoch, batches done, the scheduler's state, the metrics so far, the TrainConfig,
+                           and the LoRA adapters' settings for a peft model (None for a plain one)
 It is written into a hidden temporary folder and renamed into place, then the
 file `latest` is replaced (also by a rename) to point at it; only then are
 older checkpoints removed. A crash at any moment leaves the previous
@@ -68,7 +69,8 @@ def save(checkpoint_dir: str | Path, model, optimizer, *, config, reference, epo
                    "epoch_generator_state": epoch_generator_state.contiguous()}, str(staging / "tensors.safetensors"))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         sizes = {name: (staging / name).stat().st_size for name in CHECKPOINT_FILES}  # `verify` compares them on resume
-        payload = {"format": FORMAT, "step": step, "config": dataclasses.asdict(config), "file_sizes": sizes, **state}
+        payload = {"format": FORMAT, "step": step, "config": dataclasses.asdict(config), "file_sizes": sizes,
+                   "adapters": adapter_settings(model), **state}
         (staging / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
         final = checkpoint_dir / f"step-{step:06d}"
         if final.exists():  # the same step saved twice (an interrupt on the last step): keep the new one
@@ -157,10 +159,44 @@ def load_latest(checkpoint_dir: str | Path, config) -> Checkpoint:
     return Checkpoint(folder, state, optimizer, (tensors["reference_chosen"], tensors["reference_rejected"]), tensors["epoch_generator_state"])
 
 
+def adapter_settings(model) -> dict[str, dict[str, Any]] | None:
+    """A peft model's adapters (dpo_edu.lora): {name: {type, r, alpha, target_modules}}; None for a plain model.
+
+    A LoRA checkpoint holds the base weights and the adapters (the whole
+    PeftModel), so resuming needs the model wrapped the same way.
+    """
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return None
+    settings = {}
+    for name, config in configs.items():
+        targets = getattr(config, "target_modules", None)
+        settings[name] = {
+            "type": str(getattr(config.peft_type, "value", config.peft_type)), "r": getattr(config, "r", None),
+            "alpha": getattr(config, "lora_alpha", None),
+            "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+        }
+    return settings
+
+
+def _describe(settings: dict | None) -> str:
+    if settings is None:
+        return "no adapters (full fine-tuning)"
+    return "adapters " + "; ".join(f"{name}: {value}" for name, value in settings.items())
+
+
 def restore_model(model, checkpoint: Checkpoint) -> None:
-    """Load the checkpoint's weights into `model` (same architecture), in place."""
+    """Load the checkpoint's weights into `model` (same architecture, same LoRA adapters if any), in place."""
     from safetensors.torch import load_model
 
+    if "adapters" in checkpoint.state:  # checkpoints from before LoRA do not say; a mismatch then fails in load_model
+        saved, given = checkpoint.state["adapters"], adapter_settings(model)
+        if saved != given:
+            raise CheckpointError(
+                f"{checkpoint.folder / 'trainer_state.json'}: the run was trained with {_describe(saved)}, but the model given "
+                f"to resume has {_describe(given)}; resume needs the model set up as it was "
+                f"({'dpo_edu.lora.add_lora with the same r, alpha and target_modules' if saved else 'the plain model, no add_lora'})"
+            )
     load_model(model, str(checkpoint.folder / "model.safetensors"), device=str(next(model.parameters()).device))
 
 

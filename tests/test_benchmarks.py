@@ -57,3 +57,14 @@ def test_sampling_benchmark_end_to_end_at_a_tiny_size(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("SmolLM2-135M-Instruct, 2 course prompts x 2 samples x up to 2 new tokens") and "threads" in lines[0]
     assert [line.split(" | ")[:2] for line in lines[4:]] == [["| generate", "64"], ["| dpo-edu", "4"]]
+
+
+def test_lora_benchmark_end_to_end_at_a_tiny_size(capsys):
+    bench = load("lora_memory")
+    results = bench.main(["--tiny"])
+    assert results["lora"]["trainable"] == 16 * 512 * 2  # r * (in + out) over the tiny Llama's 7 projections x 2 layers
+    assert results["full"]["trainable"] == results["full"]["total"]
+    assert results["lora"]["optimizer_state_bytes"] == 8 * results["lora"]["trainable"] + 4 * 2 * 7 * 2  # 2 fp32 moments + a step per tensor
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-4].startswith("| variant | trainable params |")
+    assert [line.split(" | ")[0] for line in lines[-2:]] == ["| full fine-tuning", "| LoRA r=16"] and lines[-2].endswith("| 1.00x | 1.00x |")

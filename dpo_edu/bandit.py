@@ -83,6 +83,7 @@ def train_tabular_dpo(
     offset: torch.Tensor | None = None,
     initial_logits: torch.Tensor | None = None,
     rewards: torch.Tensor | None = None,
+    **loss_settings,
 ) -> tuple[torch.Tensor, list[dict[str, float]]]:
     """DPO (or IPO, hinge, ODPO) on a tabular policy pi_theta = softmax(logits), full batch, Adam.
 
@@ -95,6 +96,9 @@ def train_tabular_dpo(
     offset: (N,) ODPO's Delta per pair (see `dpo_edu.losses.odpo_offset`), sigmoid loss only.
     rewards: (P, K) true rewards, to record the exact "reward" E_pi[r] and "kl"
         KL(pi || pi_ref), each averaged over prompts.
+    loss_settings: further keyword arguments of `losses.dpo_loss`, e.g. label_smoothing=eps
+        with loss_type "sigmoid" (cDPO) or "robust" (rDPO). Responses are one token, so every
+        length is 1 (IPO's and SimPO's length normalisation does nothing here).
     Returns the final policy (P, K) and a history of
     {"step", "loss", "tv" (if target), "reward", "kl" (if rewards), "rejected_prob", "chosen_prob"}
     every `record_every` steps.
@@ -122,6 +126,7 @@ def train_tabular_dpo(
             beta,
             loss_type=loss_type,
             offset=offset,
+            **loss_settings,
         )
         loss = losses.mean() if weights is None else (weights * losses).sum() / weights.sum()
         if step % record_every == 0 or step == steps:

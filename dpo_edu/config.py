@@ -74,6 +74,21 @@ class Profile:
     frontier_warmup_steps: int
     frontier_odpo_alpha: float
     frontier_odpo_score_scale: float  # ODPO's offset is alpha * log(scale * score gap): scale 10 makes VADER gaps >= 0.1 give offsets >= 0
+    # 08 beyond: the variants on the bandit (label noise) and on the real model (DPO / RPO / SimPO), online vs offline DPO
+    beyond_label_noise: tuple[float, ...]  # fractions of flipped labels on the bandit
+    beyond_train_prompts: int  # openings per round of pairs (round 2 of online DPO uses the next as many)
+    beyond_samples_per_prompt: int
+    beyond_max_new_tokens: int  # completion length, for pairs and evaluation alike
+    beyond_heldout_prompts: int
+    beyond_batch_size: int  # pairs per optimizer step
+    beyond_epochs: int  # over each round's pairs
+    beyond_warmup_steps: int
+    beyond_learning_rate: float
+    beyond_beta: float  # DPO, RPO and the online/offline runs
+    beyond_sft_weight: float  # RPO's weight on the chosen NLL
+    beyond_simpo_beta: float  # SimPO's beta scales a per-token mean log-prob: an order larger than DPO's
+    beyond_simpo_gamma: float
+    beyond_lora_rank: int
 
 
 PROFILES: dict[str, Profile] = {
@@ -129,6 +144,20 @@ PROFILES: dict[str, Profile] = {
         frontier_warmup_steps=0,
         frontier_odpo_alpha=1.0,
         frontier_odpo_score_scale=10.0,
+        beyond_label_noise=(0.2,),
+        beyond_train_prompts=4,
+        beyond_samples_per_prompt=4,
+        beyond_max_new_tokens=8,
+        beyond_heldout_prompts=4,
+        beyond_batch_size=4,
+        beyond_epochs=1,
+        beyond_warmup_steps=0,
+        beyond_learning_rate=1e-4,
+        beyond_beta=0.1,
+        beyond_sft_weight=1.0,
+        beyond_simpo_beta=2.0,
+        beyond_simpo_gamma=0.5,
+        beyond_lora_rank=16,
     ),
     "full": Profile(
         name="full",
@@ -182,6 +211,20 @@ PROFILES: dict[str, Profile] = {
         frontier_warmup_steps=2,
         frontier_odpo_alpha=1.0,
         frontier_odpo_score_scale=10.0,
+        beyond_label_noise=(0.1, 0.2, 0.3),
+        beyond_train_prompts=96,
+        beyond_samples_per_prompt=4,
+        beyond_max_new_tokens=32,
+        beyond_heldout_prompts=96,
+        beyond_batch_size=8,
+        beyond_epochs=2,
+        beyond_warmup_steps=2,
+        beyond_learning_rate=1e-4,
+        beyond_beta=0.1,
+        beyond_sft_weight=1.0,
+        beyond_simpo_beta=2.0,
+        beyond_simpo_gamma=0.5,
+        beyond_lora_rank=16,
     ),
 }
 

@@ -403,7 +403,16 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, tr
 
     from .utils import get_device
 
+    from transformers.utils import logging as hf_logging
+
     where = _loadable(name_or_path, verify)
     tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype="float32", trust_remote_code=trust_remote_code, use_safetensors=True)
+    # no "Loading weights" bar: the model loads in seconds, and a notebook cell that loads several shows a wall of them
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype="float32", trust_remote_code=trust_remote_code, use_safetensors=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device or get_device()), tokenizer

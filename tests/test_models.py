@@ -284,3 +284,16 @@ def test_interrupted_build_leaves_no_cache(gguf, monkeypatch, tokenizer):
     with pytest.raises(OSError, match="No space left"):
         models.load_tokenizer()
     assert not models.cache_dir().exists() or list(models.cache_dir().iterdir()) == []
+
+
+def test_loading_shows_no_progress_bars_and_leaves_the_setting_alone(capfd):
+    """A notebook cell that loads the model several times showed a "Loading weights" bar for each (notebook 07: nine)."""
+    from transformers.utils import logging as hf_logging
+
+    from dpo_edu.models import load_model
+
+    assert hf_logging.is_progress_bar_enabled()
+    load_model(device="cpu")
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert hf_logging.is_progress_bar_enabled()  # the user's own setting comes back

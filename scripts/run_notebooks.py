@@ -9,8 +9,13 @@
 measurements, never guesses.
 
 Written outputs are normalised so that re-running changes only what really
-changed: execution timestamps are dropped, cell ids are stable, and the kernel
-metadata is the plain python3 one.
+changed: execution timestamps are dropped, cell ids are stable, the kernel
+metadata is the plain python3 one, and `language_info` is the full record a
+kernel writes (a notebook without it opens in JupyterLab as "modified").
+Collapsed solution cells are committed without outputs, so that they reveal
+nothing until the learner runs them.
+
+    python scripts/run_notebooks.py --normalise-only     # apply the above without executing
 """
 from __future__ import annotations
 
@@ -27,6 +32,16 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+# What ipykernel reports for Python 3; a kernel's own record (with its version) wins when there is one.
+LANGUAGE_INFO = {
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "file_extension": ".py",
+    "mimetype": "text/x-python",
+    "name": "python",
+    "nbconvert_exporter": "python",
+    "pygments_lexer": "ipython3",
+    "version": "{}.{}.{}".format(*sys.version_info[:3]),
+}
 
 
 def course_notebooks() -> list[Path]:
@@ -35,10 +50,18 @@ def course_notebooks() -> list[Path]:
                   if re.fullmatch(r"\d\d[a-z]?_\w+\.ipynb", path.name))
 
 
+def is_solution(cell: nbformat.NotebookNode) -> bool:
+    """A collapsed "#@title Solution" cell (its source is hidden in JupyterLab and Colab)."""
+    return cell.cell_type == "code" and bool(cell.metadata.get("jupyter", {}).get("source_hidden"))
+
+
 def normalise(notebook: nbformat.NotebookNode, stem: str) -> None:
+    language_info = dict(notebook.metadata.get("language_info", {}))
+    if "pygments_lexer" not in language_info:  # not from a kernel: use ipykernel's record
+        language_info = LANGUAGE_INFO
     notebook.metadata = {
         "kernelspec": KERNELSPEC,
-        "language_info": {"name": "python"},
+        "language_info": language_info,
         "colab": {"provenance": []},
         "accelerator": "GPU",
     }
@@ -46,6 +69,9 @@ def normalise(notebook: nbformat.NotebookNode, stem: str) -> None:
         cell.id = f"{stem[:2]}-{index:03d}"
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+        if is_solution(cell):  # a solution's output would give the answer away
+            cell.outputs = []
+            cell.execution_count = None
 
 
 def update_header(notebook: nbformat.NotebookNode, profile: str, seconds: float) -> None:
@@ -87,10 +113,18 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="keep the outputs in the notebook files")
     parser.add_argument("--update-header", action="store_true", help="write the measured time into the header's runtime table")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--normalise-only", action="store_true",
+                        help="normalise metadata and clear solution outputs without executing anything")
     parser.add_argument("notebooks", nargs="*", type=Path,
                         help="default: every notebooks/NN_*.ipynb and appendix NNx_*.ipynb (04b_...)")
     args = parser.parse_args()
     paths = args.notebooks or course_notebooks()
+    if args.normalise_only:
+        for path in paths:
+            notebook = nbformat.read(path, as_version=4)
+            normalise(notebook, path.stem)
+            nbformat.write(notebook, path)
+        return 0
     print(f"| notebook | {args.profile} (s) |\n|---|---|")
     for path in paths:
         seconds = run(path, args.profile, args.write, args.timeout, args.update_header)

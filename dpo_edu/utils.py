@@ -1,11 +1,16 @@
 """Device choice, seeding, and the small helpers every notebook opens with."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
+import shutil
+import tempfile
 import time
 from importlib import metadata
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -171,3 +176,40 @@ class Stopwatch:
 
     def __str__(self) -> str:
         return f"{self.seconds():.1f} s"
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad token, else EOS (SmolLM2 has both; many models have only EOS).
+
+    Padding is on the right and masked (or never looked at by a causal model), so which id it is changes nothing.
+    """
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@contextlib.contextmanager
+def staged(target: str | os.PathLike, *, folder: bool = False) -> Iterator[Path]:
+    """Write `target` (a file, or with `folder=True` a folder) all at once: yields a hidden temporary path beside
+    it, and renames that onto `target` only when the block ends without an error; after an error it is removed.
+
+    A file replaces an existing one (os.replace); a folder must not exist yet (the caller decides what happens
+    to an old one). Readers, and a crash at any moment, see the old state or the new one, never half of it.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(handle)
+        temporary = Path(name)
+    try:
+        yield temporary
+        if folder:
+            temporary.rename(target)
+        else:
+            os.replace(temporary, target)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)

@@ -14,12 +14,13 @@ variant, `bandit.train_tabular_dpo` for the table, `train.train_dpo`,
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Sequence
 
 import torch
 
 from . import losses
+from .rewards import sentiment
+from .stages import rewards_of, sample_pairs, scorer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,50 +145,43 @@ def length_summary(lengths: Sequence[int], max_new_tokens: int) -> dict[str, flo
     return {"mean": sum(lengths) / len(lengths), "at_limit": sum(n >= max_new_tokens for n in lengths) / len(lengths)}
 
 
-def heldout_baseline(reference, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, seed: int) -> dict:
-    """The reference's own samples on the held-out prompts, drawn once: {"texts", "rewards", "lengths"}."""
+def heldout_baseline(reference, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, seed: int,
+                     reward=sentiment) -> dict:
+    """The reference's own samples on the held-out prompts, drawn once and scored by `reward` (TRL's convention):
+    {"texts", "rewards", "lengths"}."""
     from .generation import sample_completions
-    from .rewards import sentiment_rewards
 
     samples = sample_completions(reference, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    return {"texts": samples.texts, "rewards": sentiment_rewards(samples.texts),
+    return {"texts": samples.texts, "rewards": rewards_of(reward, prompts, samples.texts),
             "lengths": [len(ids) for ids in samples.completion_ids]}
 
 
 def evaluate(policy, reference, tokenizer, prompts: Sequence[str], baseline: dict, *, max_new_tokens: int, batch_size: int,
-             seed: int) -> dict:
-    """`evaluate.evaluate_policy` against `baseline` (from `heldout_baseline`), plus the length summary.
+             seed: int, reward=sentiment) -> dict:
+    """`evaluate.evaluate_policy` against `baseline` (from `heldout_baseline`, with the same `reward`), plus the length summary.
 
     reference: the frozen reference model, or None when `policy` is the reference (KL 0).
     """
     from .evaluate import evaluate_policy
 
-    result = evaluate_policy(policy, reference, tokenizer, prompts, baseline["rewards"], max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, seed=seed)
+    result = evaluate_policy(policy, reference, tokenizer, prompts, baseline["rewards"], score=scorer(reward, prompts),
+                             max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     result.update({f"length_{key}": value for key, value in length_summary(result["lengths"], max_new_tokens).items()})
     return result
 
 
 def label_pairs(policy, tokenizer, prompts: Sequence[str], *, per_prompt: int, max_new_tokens: int, batch_size: int, seed: int,
-                min_gap: float, rule: str = "best_vs_worst") -> tuple[list[dict], dict]:
-    """Sample `per_prompt` completions per prompt from `policy`, score them with VADER, pair them (`generation.make_pairs`).
-
-    Returns (pairs, counts); counts adds "samples" and "sample_reward_mean" (the mean reward of all samples drawn).
-    """
-    from .generation import make_pairs, sample_completions
-    from .rewards import sentiment_rewards
-
-    samples = sample_completions(policy, tokenizer, prompts, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, seed=seed)
-    scores = sentiment_rewards(samples.texts)
-    pairs, counts = make_pairs(samples, scores, rule=rule, min_gap=min_gap, tokenizer=tokenizer)
-    counts.update(samples=len(scores), sample_reward_mean=sum(scores) / len(scores))
-    return pairs, counts
+                min_gap: float, rule: str = "best_vs_worst", reward=sentiment) -> tuple[list[dict], dict]:
+    """Sample `per_prompt` completions per prompt from `policy`, score them with `reward` (default VADER), pair them:
+    `stages.sample_pairs`, the full run's own stage. Returns (pairs, counts); counts has "samples" and
+    "sample_reward_mean" (the mean reward of all samples drawn)."""
+    return sample_pairs(policy, tokenizer, prompts, reward, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, seed=seed, rule=rule, min_gap=min_gap)
 
 
 def dpo_round(policy, reference, tokenizer, prompts: Sequence[str], config, *, per_prompt: int, max_new_tokens: int,
-              batch_size: int, seed: int, min_gap: float, log=None) -> dict[str, Any]:
-    """One round of iterative (online) DPO, in place: sample from `policy`, label with VADER, train `policy`.
+              batch_size: int, seed: int, min_gap: float, reward=sentiment, log=None) -> dict[str, Any]:
+    """One round of iterative (online) DPO, in place: sample from `policy`, label with `reward` (default VADER), train `policy`.
 
     The reference log-probs come from `reference` (the fixed pi_ref, never the
     round's starting policy), so every round pulls towards the same anchor.
@@ -196,15 +190,10 @@ def dpo_round(policy, reference, tokenizer, prompts: Sequence[str], config, *, p
     from .train import compute_reference_logps, train_dpo
 
     pairs, counts = label_pairs(policy, tokenizer, prompts, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, seed=seed, min_gap=min_gap)
+                                batch_size=batch_size, seed=seed, min_gap=min_gap, reward=reward)
     reference_logps = compute_reference_logps(reference, tokenizer, pairs, config)
     history = train_dpo(policy, tokenizer, pairs, config, reference=reference_logps, progress=False, log=log)
     return {"pairs": pairs, "counts": counts, "history": history}
-
-
-def steps_for(pairs: int, batch_size: int, epochs: int) -> int:
-    """Optimizer steps `train_dpo` takes for `pairs` pairs (gradient accumulation 1)."""
-    return epochs * math.ceil(pairs / batch_size)
 
 
 @torch.no_grad()

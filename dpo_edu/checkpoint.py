@@ -6,10 +6,13 @@ A checkpoint is a folder `<checkpoint_dir>/step-000123/` holding
     optimizer.pt           AdamW's state, read back with torch.load(weights_only=True)
     trainer_state.json     step, epoch, batches done, the scheduler's state, the metrics so far, the TrainConfig,
                            and the LoRA adapters' settings for a peft model (None for a plain one)
-It is written into a hidden temporary folder and renamed into place, then the
-file `latest` is replaced (also by a rename) to point at it; only then are
-older checkpoints removed. A crash at any moment leaves the previous
-checkpoint whole.
+It is written into a hidden temporary folder and renamed into place
+(`dpo_edu.utils.staged`), then the file `latest` is replaced (also by a
+rename) to point at it; only then are older checkpoints removed. A crash at
+any moment leaves the previous checkpoint whole.
+
+`save` writes one from the trainer's parts and its `TrainerState` (the metrics
+so far and the position in the data); `resume` puts them back.
 
 Why not `accelerator.save_state`: it pickles the Python RNG states and loads
 the optimizer with a plain `torch.load`, and the course promises never to
@@ -21,15 +24,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .utils import staged
 
 LATEST = "latest"
 FORMAT = 1
@@ -41,49 +44,79 @@ class CheckpointError(ValueError):
 
 
 @dataclasses.dataclass
+class TrainerState:
+    """Where training stands: the metrics of every step so far, and the position in the data.
+
+    The position is the epoch, how many of its micro-batches are done, and the
+    shuffle generator's state at the epoch's start (it fixes the epoch's order:
+    a resumed epoch replays it and skips the micro-batches done).
+    """
+    history: list[dict[str, float]]
+    epoch_generator_state: torch.Tensor
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+
+
+@dataclasses.dataclass
 class Checkpoint:
     folder: Path
     state: dict[str, Any]
     optimizer: dict[str, Any]
-    reference: tuple[torch.Tensor, torch.Tensor]
+    reference: tuple[torch.Tensor, torch.Tensor]  # (N,) chosen, (N,) rejected; both empty for a reference-free loss
     epoch_generator_state: torch.Tensor
 
-
-def _replace_text(path: Path, text: str) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
+    def reference_logps(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The reference log-probs the run trained with; None for a reference-free loss (SimPO, ORPO)."""
+        return self.reference if self.reference[0].numel() else None
 
 
-def save(checkpoint_dir: str | Path, model, optimizer, *, config, reference, epoch_generator_state, state: dict) -> Path:
-    """Write a checkpoint atomically; return its folder. Older checkpoints are removed once it is in place."""
+def save(checkpoint_dir: str | Path, model, optimizer, scheduler, *, config, reference: tuple[torch.Tensor, torch.Tensor] | None,
+         state: TrainerState) -> Path:
+    """Write a checkpoint atomically; return its folder. Older checkpoints are removed once it is in place.
+
+    `reference` is None for a reference-free loss (stored as two empty tensors).
+    """
     from safetensors.torch import save_file, save_model
 
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    step = len(state["history"])
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=checkpoint_dir))
-    try:
+    reference = reference if reference is not None else (torch.zeros(0), torch.zeros(0))
+    step = len(state.history)
+    final = checkpoint_dir / f"step-{step:06d}"
+    with staged(final, folder=True) as staging:
         save_model(model, str(staging / "model.safetensors"))  # handles tied weights (embedding = output layer)
         save_file({"reference_chosen": reference[0].contiguous(), "reference_rejected": reference[1].contiguous(),
-                   "epoch_generator_state": epoch_generator_state.contiguous()}, str(staging / "tensors.safetensors"))
+                   "epoch_generator_state": state.epoch_generator_state.contiguous()}, str(staging / "tensors.safetensors"))
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         sizes = {name: (staging / name).stat().st_size for name in CHECKPOINT_FILES}  # `verify` compares them on resume
         payload = {"format": FORMAT, "step": step, "config": dataclasses.asdict(config), "file_sizes": sizes,
-                   "adapters": adapter_settings(model), **state}
+                   "adapters": adapter_settings(model), "epoch": state.epoch,
+                   "batches_done_in_epoch": state.batches_done_in_epoch, "history": state.history,
+                   "scheduler": scheduler.state_dict()}
         (staging / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        final = checkpoint_dir / f"step-{step:06d}"
         if final.exists():  # the same step saved twice (an interrupt on the last step): keep the new one
             shutil.rmtree(final)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _replace_text(checkpoint_dir / LATEST, final.name + "\n")
+    with staged(checkpoint_dir / LATEST) as pointer:
+        pointer.write_text(final.name + "\n", encoding="utf-8")
     for old in checkpoint_dir.glob("step-*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def resume(checkpoint: Checkpoint, model, optimizer, scheduler, *, metrics_path: str | Path | None = None) -> TrainerState:
+    """Put the model's weights, the optimizer and the scheduler back as they were at `checkpoint`; return its TrainerState.
+
+    `model` is the unwrapped model (`accelerator.unwrap_model`). metrics.jsonl,
+    when given, is cut back to the checkpoint's steps: the steps after it are trained, and written, again.
+    """
+    _restore_model(model, checkpoint)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.load_state_dict(checkpoint.state["scheduler"])
+    history = checkpoint.state["history"]
+    if metrics_path:
+        _truncate_metrics(metrics_path, len(history))
+    return TrainerState(history, checkpoint.epoch_generator_state, epoch=checkpoint.state["epoch"],
+                        batches_done_in_epoch=checkpoint.state["batches_done_in_epoch"])
 
 
 def latest_folder(checkpoint_dir: str | Path) -> Path | None:
@@ -151,12 +184,15 @@ def load_latest(checkpoint_dir: str | Path, config) -> Checkpoint:
     state = verify(folder)
     state_path = folder / "trainer_state.json"
     wanted = dataclasses.asdict(config)
-    changed = [f"{key} {state['config'].get(key)!r} -> {value!r}" for key, value in wanted.items() if state["config"].get(key) != value]
+    saved = state["config"]
+    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in wanted.items() if saved.get(key) != value]
     if changed:
-        raise ValueError(f"{state_path}: the run was trained with another TrainConfig; resume needs the same one (changed: {'; '.join(changed)})")
+        raise ValueError(f"{state_path}: the run was trained with another TrainConfig; resume needs the same one "
+                         f"(changed: {'; '.join(changed)})")
     optimizer = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     tensors = load_file(str(folder / "tensors.safetensors"))
-    return Checkpoint(folder, state, optimizer, (tensors["reference_chosen"], tensors["reference_rejected"]), tensors["epoch_generator_state"])
+    reference = (tensors["reference_chosen"], tensors["reference_rejected"])
+    return Checkpoint(folder, state, optimizer, reference, tensors["epoch_generator_state"])
 
 
 def adapter_settings(model) -> dict[str, dict[str, Any]] | None:
@@ -185,7 +221,7 @@ def _describe(settings: dict | None) -> str:
     return "adapters " + "; ".join(f"{name}: {value}" for name, value in settings.items())
 
 
-def restore_model(model, checkpoint: Checkpoint) -> None:
+def _restore_model(model, checkpoint: Checkpoint) -> None:
     """Load the checkpoint's weights into `model` (same architecture, same LoRA adapters if any), in place."""
     from safetensors.torch import load_model
 
@@ -195,18 +231,20 @@ def restore_model(model, checkpoint: Checkpoint) -> None:
             raise CheckpointError(
                 f"{checkpoint.folder / 'trainer_state.json'}: the run was trained with {_describe(saved)}, but the model given "
                 f"to resume has {_describe(given)}; resume needs the model set up as it was "
-                f"({'dpo_edu.lora.add_lora with the same r, alpha and target_modules' if saved else 'the plain model, no add_lora'})"
+                + ("(dpo_edu.lora.add_lora with the same r, alpha and target_modules)" if saved
+                   else "(the plain model, no add_lora)")
             )
     load_model(model, str(checkpoint.folder / "model.safetensors"), device=str(next(model.parameters()).device))
 
 
-def truncate_metrics(path: str | Path, steps: int) -> None:
+def _truncate_metrics(path: str | Path, steps: int) -> None:
     """Keep the first `steps` lines of metrics.jsonl: lines written after the checkpoint are written again on resume."""
     path = Path(path)
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    _replace_text(path, "".join(lines[:steps]))
+    with staged(path) as staging:
+        staging.write_text("".join(lines[:steps]), encoding="utf-8")
 
 
 @contextlib.contextmanager

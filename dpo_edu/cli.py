@@ -1,7 +1,8 @@
 """The `dpo-edu` command.
 
     dpo-edu verify     check every derivation step with sympy, and that each known slip fails
-    dpo-edu run        the full DPO run: pairs -> training -> evaluation -> report (see dpo_edu.run)
+    dpo-edu run        the full DPO run: pairs -> training -> evaluation -> report (see dpo_edu.run);
+                       --pairs FILE, or --prompts FILE --reward SPEC, for your own data; --model for another model
     dpo-edu frontier   DPO and ODPO over a beta sweep and seeds: the reward-KL frontier (see dpo_edu.frontier)
 """
 from __future__ import annotations
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         loss = {name: value for name in LOSS_SETTINGS if (value := getattr(args, name)) is not None}
-        summary = run_pipeline(args.profile, args.out, model=args.model, overwrite=args.overwrite, resume=args.resume,
+        summary = run_pipeline(args.profile, args.out, model=args.model, pairs=args.pairs, prompts=args.prompts, reward=args.reward,
+                               heldout_fraction=args.heldout_fraction, overwrite=args.overwrite, resume=args.resume,
                                progress=not args.quiet, precision=args.precision, loss=loss or None)
     except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as error:
         print(f"dpo-edu run: {error}", file=sys.stderr)
@@ -90,6 +92,20 @@ def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _input_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("your own data (default: the course's movie-review openings, scored by VADER)")
+    group.add_argument("--pairs", default=None, metavar="FILE.jsonl",
+                       help="train on your preference pairs (TRL's standard or conversational format, optional chosen_score/"
+                            "rejected_score); nothing is sampled")
+    group.add_argument("--prompts", default=None, metavar="FILE",
+                       help="your prompts: .txt (one per line) or .jsonl with a 'prompt' field (a string or a list of messages)")
+    group.add_argument("--reward", default=None, metavar="SPEC",
+                       help="your reward, module:function or path/to/file.py:function, in TRL's convention "
+                            "reward(prompts, completions, **kwargs) -> list[float] (default: VADER sentiment)")
+    group.add_argument("--heldout-fraction", dest="heldout_fraction", type=float, default=None,
+                       help="share of --pairs rows (or --prompts lines) held out, whole prompts at a time, for evaluation (default 0.1)")
+
+
 def _loss_options(parser: argparse.ArgumentParser) -> None:
     from .losses import LOSS_TYPES
 
@@ -102,6 +118,10 @@ def _loss_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sft-weight", dest="sft_weight", type=float, default=None,
                        help="add this times the chosen responses' NLL (RPO; TRL: loss_type=[\"sigmoid\", \"sft\"])")
     group.add_argument("--simpo-gamma", dest="simpo_gamma", type=float, default=None, help="SimPO's target margin gamma")
+    group.add_argument("--max-length", dest="max_length", type=int, default=None,
+                       help="tokens of prompt + response in training (default: the profile's, 64); raise it for your own data")
+    group.add_argument("--max-prompt-length", dest="max_prompt_length", type=int, default=None,
+                       help="tokens a prompt keeps (its last ones; default: the profile's, 32)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("verify", help="check every derivation step with sympy, and that each known slip fails")
     run_parser = commands.add_parser("run", help="the full DPO run: pairs -> training -> evaluation -> report")
     _run_options(run_parser, "runs/dpo")
+    _input_options(run_parser)
     _loss_options(run_parser)
     frontier_parser = commands.add_parser("frontier", help="DPO and ODPO over a beta sweep and seeds: the reward-KL frontier")
     _run_options(frontier_parser, "runs/frontier")

@@ -143,7 +143,7 @@ def split_chosen_rejected(values: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 # ------------------------------------------------------------ reading a user's preference file
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
-SCORE_FIELDS = ("chosen_score", "rejected_score")
+ROLES = ("system", "user", "assistant", "tool")
 MAX_LINE_BYTES = 1_000_000
 SHOWN_LINES = 5  # line numbers listed per kind of skipped row
 
@@ -173,8 +173,14 @@ def _score(path, number: int, row: dict, field: str, required: bool) -> float | 
 def load_preferences(
     path: str | os.PathLike, *, require_scores: bool = False, max_line_bytes: int = MAX_LINE_BYTES, log=print
 ) -> list[dict[str, Any]]:
-    """Read a JSONL file of preference pairs: {"prompt", "chosen", "rejected"} (TRL's names), optionally
+    """Read a JSONL file of preference pairs in TRL's format: {"prompt", "chosen", "rejected"}, optionally
     "chosen_score" and "rejected_score" (numbers; ODPO needs them: `require_scores=True`).
+
+    Standard rows hold strings. Conversational rows hold lists of messages
+    ({"role", "content"}): the prompt's conversation so far (ending with a user
+    turn) and the chosen and rejected replies (assistant turns), as in
+    `{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}], ...}`.
+    A file may mix the two; `as_standard` turns a conversational row into text with the chat template.
 
     Raises PreferenceFileError (a ValueError) naming the file, line and field for
     anything that is not what it claims to be: bytes that are not UTF-8, invalid
@@ -219,8 +225,9 @@ def load_preferences(
             for field in PREFERENCE_FIELDS:
                 if field not in row:
                     raise _fail(path, number, field, f"missing (a row needs {', '.join(PREFERENCE_FIELDS)})")
-                if not isinstance(row[field], str):
-                    raise _fail(path, number, field, f"expected a string, got {type(row[field]).__name__}")
+            conversational = isinstance(row["prompt"], list)
+            for field in PREFERENCE_FIELDS:
+                _check_text(path, number, field, row[field], conversational)
             chosen_score = _score(path, number, row, "chosen_score", require_scores)
             rejected_score = _score(path, number, row, "rejected_score", require_scores)
             if (chosen_score is None) != (rejected_score is None):
@@ -229,8 +236,8 @@ def load_preferences(
             if chosen_score is not None and chosen_score < rejected_score:
                 raise _fail(path, number, "chosen_score", f"{chosen_score} is below rejected_score {rejected_score}: chosen and rejected are swapped?")
             reason = (
-                "empty prompt" if not row["prompt"].strip()
-                else "empty response" if not row["chosen"].strip() or not row["rejected"].strip()
+                "empty prompt" if not _content(row["prompt"]).strip()
+                else "empty response" if not _content(row["chosen"]).strip() or not _content(row["rejected"]).strip()
                 else "identical pair" if row["chosen"] == row["rejected"]
                 else "tied scores" if chosen_score is not None and chosen_score == rejected_score
                 else None
@@ -247,6 +254,67 @@ def load_preferences(
     if skipped and log is not None:
         log(f"{path.name}: {_describe(skipped, total)}")
     return rows
+
+
+def _check_text(path, number: int, field: str, value: Any, conversational: bool) -> None:
+    """A string (standard row) or a list of {"role", "content"} messages (conversational row; the prompt decides)."""
+    if not conversational:
+        if not isinstance(value, str):
+            kind = "a list of messages, while 'prompt' is a string" if isinstance(value, list) else type(value).__name__
+            raise _fail(path, number, field, f"expected a string, got {kind}")
+        return
+    if not isinstance(value, list) or not value:
+        raise _fail(path, number, field, "expected a non-empty list of {\"role\", \"content\"} messages, as 'prompt' is one "
+                                         f"(a conversational row), got {type(value).__name__}")
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or message.get("role") not in ROLES:
+            raise _fail(path, number, field, f"message {index} must be {{\"role\": one of {', '.join(ROLES)}, \"content\": a string}}, "
+                                             f"got {json.dumps(message)[:80]}")
+    if field == "prompt" and value[-1]["role"] == "assistant":
+        raise _fail(path, number, field, "the prompt's last message is the assistant's; end it with the user's turn")
+    if field != "prompt" and any(message["role"] != "assistant" for message in value):
+        raise _fail(path, number, field, "a reply holds only assistant messages; put earlier turns in 'prompt'")
+
+
+def _content(value: str | list[dict]) -> str:
+    return value if isinstance(value, str) else "".join(message["content"] for message in value)
+
+
+def is_conversational(row: dict[str, Any]) -> bool:
+    """Whether a preference row (or a prompt row) holds messages rather than strings (TRL's test)."""
+    return isinstance(row.get("prompt"), list)
+
+
+def prompt_text(tokenizer, prompt: str | list[dict]) -> str:
+    """The text a model continues: a string as it is; a conversation through the chat template, with the generation prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("a conversational prompt needs a tokenizer with a chat template; this one has none")
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def as_standard(tokenizer, row: dict[str, Any]) -> dict[str, Any]:
+    """A conversational preference row as strings, the way TRL's `apply_chat_template` renders it; a standard row unchanged.
+
+    prompt = the conversation with the generation prompt; chosen/rejected = what
+    the chat template adds after it for each reply. The reply's closing EOS
+    ("<|im_end|>" and the newline after it, for SmolLM2) is left out, because
+    `tokenize_pair` appends EOS itself. Scores and other fields are kept.
+    """
+    if not is_conversational(row):
+        return row
+    prompt = prompt_text(tokenizer, row["prompt"])
+    converted = dict(row, prompt=prompt)
+    for field in ("chosen", "rejected"):
+        full = tokenizer.apply_chat_template(row["prompt"] + row[field], tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError(f"the chat template renders the prompt differently once the {field} reply follows it; "
+                             f"this tokenizer's template cannot be split into prompt and reply")
+        reply = full[len(prompt):].rstrip()
+        eos = tokenizer.eos_token or ""
+        converted[field] = reply[: -len(eos)] if eos and reply.endswith(eos) else reply
+    return converted
 
 
 def _open(path: Path):

@@ -383,5 +383,5 @@ SLIPS = {
 
 
 def known_slips() -> dict[str, bool]:
-    """Check each slip from COURSE.md with the same machinery; each must come out False."""
+    """Check each slip of docs/DESIGN.md ("Known slips") with the same machinery; each must come out False."""
     return {name: bool(check()) for name, check in SLIPS.items()}

@@ -17,7 +17,7 @@ Three numbers, as in the DPO paper's sentiment experiment:
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ from .data import IGNORE_INDEX
 from .generation import Samples, sample_completions
 from .logprobs import sequence_logprobs
 from .rewards import sentiment_rewards
-from .utils import autocast
+from .utils import autocast, pad_token_id
 
 
 # Sequences per forward pass in the KL's log-probs (at most): 32 completions of ~45 tokens already make large
@@ -111,6 +111,20 @@ def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token
     return out
 
 
+def log_ratios(policy, reference, tokenizer, samples: Samples, *, batch_size: int = 64, precision: str = "auto") -> list[float]:
+    """log pi(y|x) - log pi_ref(y|x) of every sample y (drawn from `policy`): their mean estimates KL(policy || reference).
+
+    `reference=None` means the policy IS the reference: every ratio is 0 exactly.
+    """
+    if reference is None:
+        return [0.0] * len(samples.completion_ids)
+    rows = max(1, min(batch_size // 2, LOGPS_BATCH_SIZE))
+    pad = pad_token_id(tokenizer)
+    policy_logps = completion_logps(policy, samples, batch_size=rows, pad_token_id=pad, precision=precision)
+    reference_logps = completion_logps(reference, samples, batch_size=rows, pad_token_id=pad, precision=precision)
+    return (policy_logps - reference_logps).tolist()
+
+
 def evaluate_policy(
     policy,
     reference,
@@ -118,6 +132,7 @@ def evaluate_policy(
     prompts: Sequence[str],
     reference_rewards: Sequence[float],
     *,
+    score: Callable[[list[str]], list[float]] | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 64,
     seed: int = 0,
@@ -126,31 +141,25 @@ def evaluate_policy(
     """Sample one completion per prompt from `policy`; score it, and compare with the reference.
 
     `reference_rewards[i]` is the reward of the reference's own sample for
-    prompts[i] (drawn once, before training, with another seed). `reference`
-    is the frozen reference model, used only to score the policy's samples for
-    the KL; pass None when the policy IS the reference (KL is then 0 exactly).
-    `precision` is the autocast setting of the sampling and the log-probs
-    (`dpo_edu.utils.autocast`). Returns a dict of floats (reward_mean,
-    reward_se, reward_gain, reward_gain_se, win_rate, kl, kl_se) and "samples"
-    (the policy's texts), "rewards" and "lengths" (tokens of each completion,
-    its EOS included).
+    prompts[i] (drawn once, before training, with another seed). `score(texts)`
+    gives the reward of each completion of `prompts`, in order (default: VADER,
+    `dpo_edu.rewards.sentiment_rewards`; `dpo_edu.stages.scorer` binds a TRL-style
+    reward function to the prompts). `reference` is the frozen reference model,
+    used only to score the policy's samples for the KL; pass None when the policy
+    IS the reference (KL is then 0 exactly). `precision` is the autocast setting
+    of the sampling and the log-probs (`dpo_edu.utils.autocast`). Returns a dict
+    of floats (reward_mean, reward_se, reward_gain, reward_gain_se, win_rate, kl,
+    kl_se) and "samples" (the policy's texts), "rewards" and "lengths" (tokens of
+    each completion, its EOS included).
     """
     if len(reference_rewards) != len(prompts):
         raise ValueError(f"{len(reference_rewards)} reference rewards for {len(prompts)} prompts")
     samples = sample_completions(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                  precision=precision)
-    rewards = sentiment_rewards(samples.texts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if reference is None:
-        log_ratios = [0.0] * len(prompts)
-    else:
-        rows = max(1, min(batch_size // 2, LOGPS_BATCH_SIZE))
-        policy_logps = completion_logps(policy, samples, batch_size=rows, pad_token_id=pad, precision=precision)
-        reference_logps = completion_logps(reference, samples, batch_size=rows, pad_token_id=pad, precision=precision)
-        log_ratios = (policy_logps - reference_logps).tolist()
+    rewards = (score or sentiment_rewards)(samples.texts)
     reward_mean, reward_se = mean_and_se(rewards)
     gain, gain_se = mean_and_se([p - r for p, r in zip(rewards, reference_rewards)])
-    kl, kl_se = mean_and_se(log_ratios)
+    kl, kl_se = mean_and_se(log_ratios(policy, reference, tokenizer, samples, batch_size=batch_size, precision=precision))
     return {
         "reward_mean": reward_mean, "reward_se": reward_se,
         "reward_gain": gain, "reward_gain_se": gain_se,

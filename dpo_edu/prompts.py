@@ -126,7 +126,7 @@ def repo_data_dir() -> Path | None:
 
 
 def load_prompts(split: str = "train", path: str | Path | None = None) -> list[str]:
-    """The openings of `split` ("train" or "heldout"), or the "prompt" field of every row of the JSONL file `path`."""
+    """The openings of `split` ("train" or "heldout"), or the prompts of the file `path` (see `read_prompts`)."""
     if path is None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
@@ -134,20 +134,48 @@ def load_prompts(split: str = "train", path: str | Path | None = None) -> list[s
         if folder is None:
             return [row["prompt"] for row in make_prompts()[split]]
         path = folder / f"prompts_{split}.jsonl"
+    return read_prompts(path)
+
+
+def read_prompts(path: str | Path) -> list:
+    """A user's prompts (`dpo-edu run --prompts`): a .txt file with one prompt per line (blank lines skipped), or a
+    .jsonl file whose rows have a "prompt" field: a string, or a list of {"role", "content"} messages (TRL's
+    conversational format, continued through the chat template).
+
+    Raises ValueError naming the file, line and field; a missing file is one line naming it.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file; pass a .txt file (one prompt per line) or a .jsonl file with a 'prompt' field")
     prompts = []
     with path.open(encoding="utf-8-sig") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-            prompt = row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}, line {number}, field 'prompt': expected a non-empty string")
-            prompts.append(prompt)
+        try:
+            lines = list(enumerate(file, start=1))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 ({error.reason} at byte {error.start}); save the file as UTF-8") from None
+    for number, line in lines:
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            prompts.append(line.rstrip("\r\n"))
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not _usable_prompt(prompt):
+            raise ValueError(f"{path}, line {number}, field 'prompt': expected a non-empty string or a list of "
+                             f"{{\"role\", \"content\"}} messages ending with the user's, got {json.dumps(prompt)[:60]}")
+        prompts.append(prompt)
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts
+
+
+def _usable_prompt(prompt) -> bool:
+    if isinstance(prompt, str):
+        return bool(prompt.strip())
+    return (isinstance(prompt, list) and bool(prompt)
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in prompt)
+            and prompt[-1]["role"] == "user")

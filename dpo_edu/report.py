@@ -50,11 +50,12 @@ def implicit_rewards(history: Sequence[dict], last: int = 20) -> dict:
     }
 
 
-def plot_evaluation(evaluations: Sequence[dict]) -> Figure:
+def plot_evaluation(evaluations: Sequence[dict], reward_name: str = "VADER") -> Figure:
     """Held-out mean reward (+- 1 SE) and the sequence KL(policy || reference) (+- 1 SE) at each evaluation."""
     figure = Figure(figsize=(9, 3.4), layout="constrained")
     steps = [row["step"] for row in evaluations]
-    for axis, key, title in zip(figure.subplots(1, 2), ("reward", "kl"), ("held-out mean reward (VADER)", "KL(policy || reference), nats")):
+    titles = (f"held-out mean reward ({reward_name})", "KL(policy || reference), nats")
+    for axis, key, title in zip(figure.subplots(1, 2), ("reward", "kl"), titles):
         mean_key = "reward_mean" if key == "reward" else "kl"
         axis.errorbar(steps, [row[mean_key] for row in evaluations], yerr=[row[f"{key}_se"] for row in evaluations], marker="o", capsize=3)
         axis.set(title=title, xlabel="optimizer step")
@@ -62,14 +63,38 @@ def plot_evaluation(evaluations: Sequence[dict]) -> Figure:
     return figure
 
 
-def plot_reward_histograms(before: Sequence[float], after: Sequence[float]) -> Figure:
-    """Histograms of held-out rewards: the reference's samples and the trained policy's."""
+def plot_pair_evaluation(evaluations: Sequence[dict]) -> Figure:
+    """On held-out pairs (`dpo-edu run --pairs`): implicit-reward accuracy; the chosen and rejected implicit rewards
+    and their margin (+- 1 SE); the KL(policy || reference) on their prompts (+- 1 SE)."""
+    figure = Figure(figsize=(13, 3.4), layout="constrained")
+    steps = [row["step"] for row in evaluations]
+    accuracy, rewards, kl = figure.subplots(1, 3)
+    accuracy.plot(steps, [row["accuracy"] for row in evaluations], marker="o")
+    accuracy.set(title="held-out accuracy (chosen reward > rejected)", xlabel="optimizer step", ylim=(-0.05, 1.05))
+    for key, label in (("chosen_reward", "chosen"), ("rejected_reward", "rejected")):
+        rewards.plot(steps, [row[key] for row in evaluations], marker=".", label=label)
+    rewards.errorbar(steps, [row["margin"] for row in evaluations], yerr=[row["margin_se"] for row in evaluations],
+                     marker="o", capsize=3, label="margin")
+    rewards.axhline(0, color="grey", linewidth=0.8)
+    rewards.legend()
+    rewards.set(title="held-out implicit rewards beta * log(pi / pi_ref)", xlabel="optimizer step")
+    kl.errorbar(steps, [row["kl"] for row in evaluations], yerr=[row["kl_se"] for row in evaluations], marker="o", capsize=3)
+    kl.set(title="KL(policy || reference) on their prompts, nats", xlabel="optimizer step")
+    for axis in (accuracy, rewards, kl):
+        axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_reward_histograms(before: Sequence[float], after: Sequence[float], reward_name: str = "VADER") -> Figure:
+    """Histograms of held-out rewards: the reference's samples and the trained policy's (VADER's range [-1, 1] in tenths)."""
     figure = Figure(figsize=(6, 3.4), layout="constrained")
     axis = figure.subplots()
-    bins = [i / 10 - 1 for i in range(21)]
+    low, high = min(*before, *after, -1.0), max(*before, *after, 1.0)
+    bins = [low + (high - low) * i / 20 for i in range(21)]
     axis.hist(before, bins=bins, alpha=0.6, label="reference (before)")
     axis.hist(after, bins=bins, alpha=0.6, label="policy (after)")
-    axis.set(title="held-out rewards", xlabel="VADER compound score", ylabel="samples")
+    axis.set(title="held-out rewards", xlabel="VADER compound score" if reward_name == "VADER" else f"reward ({reward_name})",
+             ylabel="samples")
     axis.legend()
     return figure
 
@@ -105,7 +130,7 @@ def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequen
         f"{summary['pairs']['pairs']} pairs from {summary['pairs']['prompts']} prompts, {summary['steps']} optimizer steps; "
         f"peak memory {summary['peak_memory_mb']:,.0f} MB.",
         "",
-        f"## Held-out results ({summary['heldout_prompts']} prompts, one sample each)",
+        f"## Held-out results ({summary['heldout_prompts']} prompts, one sample each; reward: {summary.get('inputs', {}).get('reward', 'VADER')})",
         "",
         "| | reference | DPO policy |",
         "|---|---|---|",
@@ -134,4 +159,43 @@ def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequen
             f"| {_quote(example['prompt'], 90)} | ({example['before_reward']:+.2f}) {_quote(example['before'])} "
             f"| ({example['after_reward']:+.2f}) {_quote(example['after'])} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def markdown_pairs_report(summary: dict, plot_paths: dict[str, Path], examples: Sequence[dict]) -> str:
+    """report.md of `dpo-edu run --pairs`: held-out pairs' implicit rewards and the KL, the plots, five policy samples."""
+    counts = summary["pairs"]
+    lines = [
+        f"# DPO on {counts['source']} on {summary['device']} ({summary['profile']} profile)",
+        "",
+        f"Weights: {summary['model']['weights']}. Arithmetic: {_arithmetic(summary.get('precision', 'fp32'))}.",
+        "",
+        f"Finished in {summary['seconds']['total']:.0f} s (training {summary['seconds']['train']:.0f} s, with evaluation "
+        f"{summary['seconds']['evaluation']:.0f} s): {counts['pairs']} training pairs, {counts['heldout_pairs']} held out by prompt, "
+        f"{summary['steps']} optimizer steps; peak memory {summary['peak_memory_mb']:,.0f} MB.",
+        "",
+        f"Step-1 loss {summary['step0_loss']:.4f} (ln 2 = 0.6931) and margin {summary['step0_margin']:.4f}: the policy started as the reference.",
+        "",
+    ]
+    if "final" in summary:
+        final = summary["final"]
+        lines += [
+            f"## Held-out pairs ({summary['heldout_pairs']} pairs, {summary['heldout_prompts']} prompts)",
+            "",
+            "Implicit reward of a reply: beta * (log pi(y|x) - log pi_ref(y|x)); both are 0 for the reference.",
+            "",
+            "| | DPO policy |",
+            "|---|---|",
+            f"| accuracy (chosen reward > rejected reward) | {100 * final['accuracy']:.1f} % |",
+            f"| margin ± SE | {final['margin']:+.3f} ± {final['margin_se']:.3f} |",
+            f"| chosen reward / rejected reward | {final['chosen_reward']:+.3f} / {final['rejected_reward']:+.3f} |",
+            f"| KL(policy ‖ reference) ± SE on their prompts, nats | {final['kl']:.2f} ± {final['kl_se']:.2f} |",
+            "",
+        ]
+    else:
+        lines += ["No pairs were held out (--heldout-fraction 0): the run reports its training metrics only.", ""]
+    lines += ["## Plots", ""] + [f"![{name}](plots/{path.name})" for name, path in plot_paths.items()]
+    if examples:
+        lines += ["", "## The policy's samples on held-out prompts", "", "| prompt | DPO policy |", "|---|---|"]
+        lines += [f"| {_quote(example['prompt'], 90)} | {_quote(example['after'])} |" for example in examples]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,11 @@ not the prompt, so a policy earns reward only for what it writes.
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+import importlib
+import importlib.util
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 
 @functools.lru_cache(maxsize=1)
@@ -30,3 +34,67 @@ def sentiment_reward(text: str) -> float:
 def sentiment_rewards(texts: Iterable[str]) -> list[float]:
     """`sentiment_reward` of each text, in order."""
     return [sentiment_reward(text) for text in texts]
+
+
+# ------------------------------------------------------------ reward functions, in TRL's convention
+
+def sentiment(prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
+    """The course's reward as a TRL reward function: VADER of each completion (the prompts are not scored).
+
+    TRL's convention (GRPOTrainer's `reward_funcs`, and `dpo-edu run --reward`):
+    `reward(prompts, completions, **kwargs) -> list[float]`, one float per completion.
+    A conversational completion is a list of messages; its last message's content is scored.
+    """
+    return sentiment_rewards(_text(completion) for completion in completions)
+
+
+def _text(completion) -> str:
+    return completion[-1]["content"] if isinstance(completion, list) else completion
+
+
+def load_reward(spec: str) -> Callable[..., list[float]]:
+    """The function named by `spec`: "package.module:function" (importable) or "path/to/file.py:function".
+
+    Raises ValueError in one line naming what is wrong (no ':', a file that does
+    not exist, a module that does not import, no such function, not callable).
+    """
+    location, _, name = spec.rpartition(":")
+    if not location or not name:
+        raise ValueError(f"--reward {spec!r}: expected module:function or path/to/file.py:function")
+    if location.endswith(".py"):
+        path = Path(location)
+        if not path.is_file():
+            raise ValueError(f"--reward {spec!r}: {path} is not a file")
+        module_spec = importlib.util.spec_from_file_location(f"dpo_edu_user_reward_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:
+            raise ValueError(f"--reward {spec!r}: importing {path} failed: {type(error).__name__}: {error}") from error
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as error:
+            raise ValueError(f"--reward {spec!r}: cannot import module {location!r} ({error})") from error
+    function = getattr(module, name, None)
+    if function is None:
+        raise ValueError(f"--reward {spec!r}: {location} has no {name!r}")
+    if not callable(function):
+        raise ValueError(f"--reward {spec!r}: {name!r} is a {type(function).__name__}, not a function")
+    return function
+
+
+def checked_rewards(reward_fn: Callable[..., list[float]], prompts: Sequence, completions: Sequence) -> list[float]:
+    """`reward_fn(prompts=..., completions=...)` as floats, with one line naming the function if it misbehaves."""
+    name = getattr(reward_fn, "__qualname__", repr(reward_fn))
+    values = reward_fn(prompts=list(prompts), completions=list(completions))
+    try:
+        values = [float(value) for value in values]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"reward function {name} must return a list of numbers, got {type(values).__name__} ({error})") from None
+    if len(values) != len(completions):
+        raise ValueError(f"reward function {name} returned {len(values)} rewards for {len(completions)} completions")
+    bad = [index for index, value in enumerate(values) if not math.isfinite(value)]
+    if bad:
+        raise ValueError(f"reward function {name} returned a non-finite reward ({values[bad[0]]}) for completion {bad[0]}")
+    return values

@@ -26,10 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = ".dpo-edu-run.json"
-# what `dpo-edu run` and `dpo-edu frontier` write; a folder holding anything else is not replaced
+# what `dpo-edu run` and `dpo-edu frontier` write (fnmatch patterns); a folder holding anything else is not replaced
+RUN_OUTPUTS = (
+    MARKER, "pairs.jsonl", "pairs_counts.json", "metrics.jsonl", "checkpoints", "policy", "plots", "summary.json", "report.md",
+    "frontier.jsonl", "frontier.png", "frontier.md", "pairs_seed*.jsonl",
+)
 RUN_ENTRIES = (
-    MARKER, "pairs.jsonl", "pairs.jsonl.tmp", "pairs_counts.json", "metrics.jsonl", "checkpoints", "policy", "policy.tmp",
-    "plots", "summary.json", "report.md", "frontier.jsonl", "frontier.png", "frontier.md", "pairs_seed*.jsonl*",
+    *RUN_OUTPUTS,
+    *(f".{name}.*" for name in RUN_OUTPUTS),  # one being written (`utils.staged`: .NAME.RANDOM.tmp, a folder .NAME.RANDOM)
+    "pairs.jsonl.tmp", "policy.tmp", "pairs_seed*.jsonl.tmp",  # the same, as dpo-edu wrote them before `staged`
 )
 
 
@@ -116,10 +121,12 @@ class RunFolder:
     def _check_resumable(self) -> None:
         path = self.path
         if not path.is_dir():
-            raise RunFolderError(f"{path} does not exist: there is nothing to resume; start a new run with --out {path} (without --resume)")
+            raise RunFolderError(f"{path} does not exist: there is nothing to resume; "
+                                 f"start a new run with --out {path} (without --resume)")
         recorded = self.options()
         if recorded and recorded.get("kind") != self.kind:
-            raise RunFolderError(f"{path} was made by dpo-edu {recorded.get('kind')}, not dpo-edu {self.kind}; resume it with that command")
+            raise RunFolderError(f"{path} was made by dpo-edu {recorded.get('kind')}, not dpo-edu {self.kind}; "
+                                 "resume it with that command")
         if (path / "summary.json").exists():
             raise FileExistsError(f"{path} holds a finished run (summary.json); nothing to resume")
 
@@ -131,7 +138,8 @@ class RunFolder:
         try:
             return json.loads(marker.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise RunFolderError(f"{marker}: not valid JSON ({error}); it records the run's options, so the run cannot be resumed") from None
+            raise RunFolderError(f"{marker}: not valid JSON ({error}); it records the run's options, "
+                                 "so the run cannot be resumed") from None
 
     def resume_options(self, profile, model, **flags) -> tuple:
         """(profile, model, *flags) as the run was started (its marker), so `--resume` needs none of them.
@@ -147,7 +155,8 @@ class RunFolder:
         if asked is not None and asked != recorded["profile"]:
             raise RunFolderError(f"{self.path} is a {recorded['profile']}-profile {self.kind}; resume it without --profile")
         if model is not None and str(model) != recorded.get("model"):
-            raise RunFolderError(f"{self.path} was started with --model {recorded.get('model') or '(the default)'}; resume it without --model")
+            raise RunFolderError(f"{self.path} was started with --model {recorded.get('model') or '(the default)'}; "
+                                 "resume it without --model")
         for name, value in flags.items():
             if value and value != recorded.get(name):
                 started = f"with --{name} {recorded[name]}" if isinstance(recorded.get(name), str) else f"without --{name}"
@@ -167,7 +176,8 @@ class RunFolder:
         if not path.exists():
             path.mkdir(parents=True)
             self.made.append(path)
-        record = {"kind": self.kind, "format": 1, "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), **options}
+        created = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        record = {"kind": self.kind, "format": 1, "created": created, **options}
         (path / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         self.made.append(path / MARKER)
         return path
@@ -213,4 +223,4 @@ def stopped_message(out: str | Path, command: str) -> str:
                 f"continues from it without redoing it")
     if out.exists():
         return f"stopped before any result was written; {out} holds nothing to resume"
-    return f"stopped before any result was written; nothing was kept, so start again with the same command"
+    return "stopped before any result was written; nothing was kept, so start again with the same command"

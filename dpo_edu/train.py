@@ -9,7 +9,8 @@ One file, top to bottom, like nanoGPT's train.py:
    memory during training.
 4. The loop: chosen and rejected in one forward pass, `dpo_loss`, AdamW with a
    linear warm-up and decay, gradient clipping, gradient accumulation; one line of
-   metrics per optimizer step (to a list, and to metrics.jsonl if asked).
+   metrics per optimizer step (`StepMetrics`: to a list, and to metrics.jsonl if
+   asked). Checkpoints and resuming are `dpo_edu.checkpoint`'s.
 
 `Accelerator` places the model and batches on the device, uses bf16 where the
 GPU has it (else fp16 with loss scaling), and lets the same loop run under
@@ -17,7 +18,9 @@ GPU has it (else fp16 with loss scaling), and lets the same loop run under
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -30,9 +33,13 @@ from torch.utils.data import DataLoader
 from .data import IGNORE_INDEX, NoRoomForResponse, TokenSeamError, collate_preferences, split_chosen_rejected, tokenize_preference
 from .logprobs import sequence_logprobs
 from .losses import REFERENCE_FREE, check_loss_settings, dpo_loss, odpo_offset
-from .utils import get_device, precision_dtype, seed_everything
+from . import checkpoint as checkpoints
+from .utils import get_device, pad_token_id, precision_dtype, precision_name, seed_everything
 
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+# TrainConfig.mixed_precision takes accelerate's names, `--precision` and `dpo_edu.utils.precision_dtype` the course's
+# (float32 is "no" in one, "fp32" in the other); this is the one translation: the course's name -> accelerate's
+MIXED_PRECISION_OF = {"auto": "auto", "fp32": "no", "fp16": "fp16", "bf16": "bf16"}
+MIXED_PRECISION = tuple(MIXED_PRECISION_OF.values())
 METRIC_NAMES = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
     "logps/chosen", "logps/rejected", "grad_norm", "lr", "tokens_per_second",
@@ -57,9 +64,11 @@ class TrainConfig:
     max_length: int = 128
     max_prompt_length: int = 64
     mixed_precision: str = "auto"  # auto: bf16 / fp16 where the hardware has it (GPUs, CPUs with AVX512-BF16 or AMX), else "no"
-    gradient_checkpointing: bool = False  # keep only each layer's input, recompute the rest in backward: less memory, more time (benchmarks/train_vs_trl.py)
+    # keep only each layer's input, recompute the rest in backward: less memory, more time (benchmarks/train_vs_trl.py)
+    gradient_checkpointing: bool = False
     use_chat_template: bool | None = None  # None: if the tokenizer has one; False: plain-text continuation
-    odpo_alpha: float | None = None  # None: DPO; a number: ODPO, offset alpha * log(odpo_score_scale * (chosen_score - rejected_score))
+    # None: DPO; a number: ODPO, offset alpha * log(odpo_score_scale * (chosen_score - rejected_score))
+    odpo_alpha: float | None = None
     odpo_score_scale: float = 1.0  # the scores' unit: gaps below 1 / scale get a negative offset (see losses.odpo_offset)
     sft_weight: float = 0.0  # > 0: add sft_weight * NLL(chosen) (RPO; TRL: loss_type=["sigmoid", "sft"], loss_weights=[1, w])
     simpo_gamma: float = 0.5  # SimPO's target margin (loss_type="simpo")
@@ -76,12 +85,15 @@ class TrainConfig:
         """Problems between fields, each checked only when the fields it reads are valid on their own."""
         problems = []
         if valid >= {"batch_size", "gradient_accumulation_steps"} and self.batch_size % self.gradient_accumulation_steps:
-            problems.append(f"batch_size {self.batch_size} must be a multiple of gradient_accumulation_steps {self.gradient_accumulation_steps}")
+            problems.append(f"batch_size {self.batch_size} must be a multiple of "
+                            f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
         if valid >= {"max_prompt_length", "max_length"} and self.max_prompt_length >= self.max_length:
-            problems.append(f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} with max_length {self.max_length}")
+            problems.append(f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} "
+                            f"with max_length {self.max_length}")
         if valid >= _LOSS_FIELDS:  # the loss's own rules live in dpo_edu.losses, for dpo_loss and TrainConfig alike
-            problems += check_loss_settings(self.loss_type, self.beta, label_smoothing=self.label_smoothing, sft_weight=self.sft_weight,
-                                            simpo_gamma=self.simpo_gamma, offset=self.odpo_alpha is not None)
+            problems += check_loss_settings(self.loss_type, self.beta, label_smoothing=self.label_smoothing,
+                                            sft_weight=self.sft_weight, simpo_gamma=self.simpo_gamma,
+                                            offset=self.odpo_alpha is not None)
         return problems
 
     @property
@@ -126,7 +138,8 @@ def _is_a(kind: type, value: Any) -> bool:
 def _field_problem(name: str, value: Any) -> str | None:
     """What is wrong with TrainConfig field `name` set to `value`, in words; None if nothing."""
     if name in _CHOICES:
-        return None if isinstance(value, str) and value in _CHOICES[name] else f"{name} {value!r} is not one of: {', '.join(_CHOICES[name])}"
+        allowed = _CHOICES[name]
+        return None if isinstance(value, str) and value in allowed else f"{name} {value!r} is not one of: {', '.join(allowed)}"
     kinds = set(get_args(_HINTS[name]) or [_HINTS[name]])
     optional = type(None) in kinds
     if optional and value is None:
@@ -142,12 +155,19 @@ def _field_problem(name: str, value: Any) -> str | None:
 _HINTS = get_type_hints(TrainConfig)
 
 
+def mixed_precision_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of TrainConfig.mixed_precision `setting` on `device` (None: float32 throughout).
+
+    "auto" picks bf16 or fp16 where `device` has it in hardware (`dpo_edu.utils.precision_dtype`: GPUs, and CPUs
+    with AVX512-BF16 or AMX), else None.
+    """
+    course_name = {accelerate_name: name for name, accelerate_name in MIXED_PRECISION_OF.items()}[setting]
+    return precision_dtype(device, course_name)
+
+
 def resolve_mixed_precision(setting: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' or 'fp16' where `device` has it in hardware (`dpo_edu.utils.autocast_dtype`:
-    GPUs, and CPUs with AVX512-BF16 or AMX), else 'no' (float32 throughout)."""
-    if setting != "auto":
-        return setting
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(precision_dtype(device, "auto"), "no")
+    """`setting` as accelerate's Accelerator takes it: 'auto' becomes 'bf16', 'fp16' or 'no' (see `mixed_precision_dtype`)."""
+    return MIXED_PRECISION_OF[precision_name(mixed_precision_dtype(setting, device))]
 
 
 class _Pairs(torch.utils.data.Dataset):
@@ -210,11 +230,8 @@ def reference_logps(model, loader: DataLoader, accelerator=None, device=None) ->
     return chosen, rejected
 
 
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def usable_examples(tokenizer, examples: list[dict[str, Any]], config: TrainConfig, *, log=print) -> tuple[list[dict], list[dict]]:
+def usable_examples(tokenizer, examples: list[dict[str, Any]], config: TrainConfig, *,
+                    log=print) -> tuple[list[dict], list[dict]]:
     """Tokenise every example; return (kept examples, their features), skipping what cannot be trained on.
 
     Rules (each counted in one line via `log`): a prompt longer than
@@ -242,23 +259,26 @@ def usable_examples(tokenizer, examples: list[dict[str, Any]], config: TrainConf
         features.append(feature)
     if counts and log is not None:
         skipped = len(examples) - len(kept)
-        log(f"training pairs: skipped {skipped:,} of {len(examples):,}; " + ", ".join(f"{n:,} {reason}" for reason, n in counts.items())
+        log(f"training pairs: skipped {skipped:,} of {len(examples):,}; "
+            + ", ".join(f"{n:,} {reason}" for reason, n in counts.items())
             + f" (max_length={config.max_length}, max_prompt_length={config.max_prompt_length})")
     if not kept:
-        raise ValueError(f"none of the {len(examples):,} examples can be trained on: " + ", ".join(f"{n} {r}" for r, n in counts.items()))
+        raise ValueError(f"none of the {len(examples):,} examples can be trained on: "
+                         + ", ".join(f"{n} {reason}" for reason, n in counts.items()))
     return kept, features
 
 
-def compute_reference_logps(model, tokenizer, examples: list[dict[str, Any]], config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_reference_logps(model, tokenizer, examples: list[dict[str, Any]],
+                            config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference log-probs `train_dpo` would compute for `examples`: (N,) chosen, (N,) rejected, on CPU,
     for the N examples `usable_examples` keeps.
 
     For sweeps: compute them once, then pass `reference=` to every `train_dpo` that starts from this model.
     """
     _, features = usable_examples(tokenizer, examples, config, log=None)
-    loader = _reference_loader(features, config, _pad_id(tokenizer))
+    loader = _reference_loader(features, config, pad_token_id(tokenizer))
     device = next(model.parameters()).device
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_mixed_precision(config.mixed_precision, device))
+    dtype = mixed_precision_dtype(config.mixed_precision, device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), _adapters_disabled(model):
         return reference_logps(model, loader, device=device)
 
@@ -307,13 +327,168 @@ def _accelerator(config: TrainConfig):
 
 def _adapters_disabled(model):
     """A context in which a peft model (dpo_edu.lora) is its base model: the reference, with no second copy of the weights."""
-    import contextlib
-
-    return model.disable_adapter() if hasattr(model, "peft_config") and hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    is_peft = hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+    return model.disable_adapter() if is_peft else contextlib.nullcontext()
 
 
 class TrainingStopped(RuntimeError):
     """Training stopped early (a non-finite loss, or an interrupt); the message says where the last checkpoint is."""
+
+
+def planned_steps(n_pairs: int, config: TrainConfig, processes: int = 1) -> int:
+    """How many optimizer steps `train_dpo` takes on `n_pairs` usable pairs (`usable_examples`) in `processes` processes.
+
+    An epoch is ceil(n_pairs / micro_batch_size) micro-batches, shared out so that every process gets as many
+    (accelerate's even batches); a step is `gradient_accumulation_steps` of them, the epoch's last step maybe fewer.
+    """
+    micro_batches = math.ceil(math.ceil(n_pairs / config.micro_batch_size) / processes)  # per process and epoch
+    return min(config.epochs * math.ceil(micro_batches / config.gradient_accumulation_steps), config.max_steps or math.inf)
+
+
+@dataclasses.dataclass
+class PairLosses:
+    """One micro-batch of B pairs through the policy and `dpo_loss`: each tensor is (B,), `loss` their mean."""
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    policy_chosen: torch.Tensor  # sequence log-probs under the policy
+    policy_rejected: torch.Tensor
+    loss: torch.Tensor  # (), what backward starts from
+
+
+def pair_losses(model, batch: dict[str, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor] | None,
+                offsets: torch.Tensor | None, config: TrainConfig, accelerator) -> PairLosses:
+    """The loss of one micro-batch (2B rows, chosen first): the policy's log-probs under autocast, then `dpo_loss` in float32.
+
+    `reference` (N,) chosen and (N,) rejected log-probs and ODPO's `offsets` (N,) cover every pair; the batch's
+    "index" picks its B. Lengths are response tokens (EOS included), for SimPO and IPO.
+    """
+    with accelerator.autocast():
+        policy_chosen, policy_rejected = pair_logps(model, batch)
+    index, device = batch["index"].cpu(), policy_chosen.device
+
+    def of_batch(values: torch.Tensor | None) -> torch.Tensor | None:  # the rows of this micro-batch's pairs, on its device
+        return None if values is None else values[index].to(device)
+
+    ref_chosen, ref_rejected = reference or (None, None)
+    chosen_lengths, rejected_lengths = split_chosen_rejected((batch["labels"] != IGNORE_INDEX).sum(1))
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        policy_chosen.float(), policy_rejected.float(), of_batch(ref_chosen), of_batch(ref_rejected), config.beta,
+        loss_type=config.loss_type, label_smoothing=config.label_smoothing, offset=of_batch(offsets),
+        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, sft_weight=config.sft_weight,
+        simpo_gamma=config.simpo_gamma,
+    )
+    return PairLosses(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected, losses.mean())
+
+
+class StepMetrics:
+    """One optimizer step's line of metrics (METRIC_NAMES): `add` each micro-batch, then `record` the step.
+
+    Loss, rewards and log-probs are means over every process's pairs (under `accelerate launch`: the run's, not
+    one shard's), then over the step's micro-batches.
+    """
+
+    def __init__(self, accelerator) -> None:
+        self.accelerator = accelerator
+        self.start()
+
+    def start(self) -> None:
+        """Begin a step: empty sums, and its clock starts (tokens per second is this step's, from here)."""
+        self.sums: dict[str, float] = {}
+        self.micro_batches, self.tokens, self.started = 0, 0, time.perf_counter()
+
+    def add(self, out: PairLosses, attention_mask: torch.Tensor) -> None:
+        """Add one micro-batch, its pairs gathered from every process."""
+        losses, chosen, rejected, policy_chosen, policy_rejected = self.accelerator.gather(
+            (out.losses.detach(), out.chosen_rewards, out.rejected_rewards, out.policy_chosen.detach().float(),
+             out.policy_rejected.detach().float()))
+        means = {
+            "loss": losses.mean().item(),
+            "rewards/chosen": chosen.mean().item(),
+            "rewards/rejected": rejected.mean().item(),
+            "rewards/margins": (chosen - rejected).mean().item(),
+            "rewards/accuracies": (chosen > rejected).float().mean().item(),
+            "logps/chosen": policy_chosen.mean().item(),
+            "logps/rejected": policy_rejected.mean().item(),
+        }
+        for name, value in means.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.micro_batches += 1
+        self.tokens += int(self.accelerator.gather(attention_mask.sum()).sum())
+
+    def record(self, *, step: int, steps_total: int, epoch: int, grad_norm: torch.Tensor, lr: float) -> dict[str, float]:
+        """The step's line: step, steps_total, epoch, the means, grad_norm, lr and tokens_per_second since `start`."""
+        elapsed = time.perf_counter() - self.started
+        return {
+            "step": step, "steps_total": steps_total, "epoch": epoch,
+            **{name: total / self.micro_batches for name, total in self.sums.items()},  # a short last step: its own mean
+            "grad_norm": float(grad_norm), "lr": lr, "tokens_per_second": self.tokens / max(elapsed, 1e-9),
+        }
+
+
+def _write_step(record: dict, history: list[dict], *, bar, on_step, metrics_file) -> None:
+    """Show the step on the progress bar, add what `on_step` returns to its record, keep it in `history` and metrics.jsonl."""
+    bar.update(1)
+    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
+    if on_step:
+        record.update(on_step(record) or {})
+    history.append(record)
+    if metrics_file:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+
+
+def _stop_unless_finite(accelerator, loss: torch.Tensor, *, step: int, epoch: int, checkpoint_dir) -> None:
+    """Raise TrainingStopped before any update from a non-finite loss; the last checkpoint stays as it is.
+
+    Decided by all processes together: one stopping alone would leave the others waiting in the gradient all-reduce.
+    """
+    if accelerator.gather(torch.isfinite(loss.detach())[None]).all():
+        return
+    raise TrainingStopped(
+        f"non-finite loss ({loss.item()}) at step {step}, epoch {epoch}; "
+        + (f"the last good checkpoint is in {checkpoint_dir}" if checkpoint_dir else "no checkpoint_dir was given")
+        + ". Lower the learning rate, or look for extreme log-probs in the data."
+    )
+
+
+def _micro_batches(accelerator, loader: DataLoader, shuffle_generator: torch.Generator, state: checkpoints.TrainerState,
+                   epochs: int):
+    """Yield (epoch, micro-batch) from `state`'s position to the last epoch's end, keeping the position in `state` current.
+
+    An epoch's order is fixed by the shuffle generator's state at its start; a resumed epoch sets that state
+    again and skips the micro-batches already done. After the last epoch the position is (epochs, 0).
+    """
+    for epoch in range(state.epoch, epochs):
+        if epoch > state.epoch:  # a new epoch: its order is the generator's state now
+            state.epoch, state.batches_done_in_epoch, state.epoch_generator_state = epoch, 0, shuffle_generator.get_state()
+        shuffle_generator.set_state(state.epoch_generator_state)
+        skip = state.batches_done_in_epoch
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            state.batches_done_in_epoch += 1
+            yield epoch, batch
+    state.epoch, state.batches_done_in_epoch = epochs, 0
+
+
+def _adamw(model, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over what trains: with LoRA (dpo_edu.lora) the frozen base weights get no optimizer state.
+
+    fused: one kernel over all parameters instead of a loop over tensors; the same update rule.
+    """
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+
+
+@contextlib.contextmanager
+def _gradient_checkpointing(model, enabled: bool):
+    """Gradient checkpointing on `model` (unwrapped) inside the block when `enabled`; off again after."""
+    if enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        if enabled:
+            model.gradient_checkpointing_disable()
 
 
 def train_dpo(
@@ -335,10 +510,11 @@ def train_dpo(
 
     The model's current weights are the reference. `on_step(record)` is called
     after every optimizer step, before the record is written: a dict it returns
-    (evaluation results, say) is added to the record. `reference` = (chosen,
-    rejected) log-probs (N,) computed earlier for these examples and this model
-    (see `compute_reference_logps`) skips computing them again: a sweep that
-    trains many policies from one reference computes them once.
+    (evaluation results, say) is added to the record. Every record has "step"
+    and "steps_total" (the run's last step is the one where they are equal).
+    `reference` = (chosen, rejected) log-probs (N,) computed earlier for these
+    examples and this model (see `compute_reference_logps`) skips computing
+    them again: a sweep that trains many policies from one reference computes them once.
 
     Nothing is lost (`dpo_edu.checkpoint`): with `checkpoint_dir`, a checkpoint
     is written atomically every `checkpoint_every` steps (0: only at the end),
@@ -350,8 +526,6 @@ def train_dpo(
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from . import checkpoint as checkpoints
-
     seed_everything(config.seed)
     if not examples:
         raise ValueError("no training examples")
@@ -360,153 +534,68 @@ def train_dpo(
     saved = checkpoints.load_latest(checkpoint_dir, config) if resume else None
     examples, features = usable_examples(tokenizer, examples, config, log=log)
     offsets = pair_offsets(examples, config.odpo_alpha, config.odpo_score_scale) if config.odpo_alpha is not None else None
-    if saved is not None:
-        checkpoints.restore_model(model, saved)
-        reference = saved.reference if saved.reference[0].numel() else None  # empty: a reference-free loss
+    reference = saved.reference_logps() if saved is not None else reference
     if reference is not None and not all(len(logps) == len(examples) for logps in reference):
-        raise ValueError(f"reference log-probs for {[len(logps) for logps in reference]} pairs, but {len(examples)} usable examples")
-    pad_token_id = _pad_id(tokenizer)
-    accelerator = _accelerator(config)
-    train_loader = _loader(features, config.micro_batch_size, pad_token_id, shuffle=True, seed=config.seed)
-    shuffle_generator = train_loader.generator  # its state at an epoch's start fixes that epoch's order
-    reference_loader = _reference_loader(features, config, pad_token_id)
-    # fused: one kernel over all parameters instead of a loop over tensors; the same update rule
-    # only what trains: with LoRA (dpo_edu.lora) the frozen base weights get no optimizer state
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
-    model, optimizer, train_loader, reference_loader = accelerator.prepare(model, optimizer, train_loader, reference_loader)
+        raise ValueError(f"reference log-probs for {[len(logps) for logps in reference]} pairs, "
+                         f"but {len(examples)} usable examples")
 
+    accelerator = _accelerator(config)
+    train_loader = _loader(features, config.micro_batch_size, pad_token_id(tokenizer), shuffle=True, seed=config.seed)
+    shuffle_generator = train_loader.generator  # its state at an epoch's start fixes that epoch's order
+    model, optimizer, train_loader, reference_loader = accelerator.prepare(
+        model, _adamw(model, config), train_loader, _reference_loader(features, config, pad_token_id(tokenizer)))
     if reference is None and config.loss_type not in REFERENCE_FREE:
         with accelerator.autocast(), _adapters_disabled(accelerator.unwrap_model(model)):
             reference = reference_logps(model, reference_loader, accelerator)  # before any update: the reference
-    ref_chosen, ref_rejected = reference or (None, None)
-
-    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
-    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+    total_steps = planned_steps(len(features), config, accelerator.num_processes)
     # not passed to accelerator.prepare: we step it once per optimizer step ourselves
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=min(config.warmup_steps, total_steps), num_training_steps=total_steps)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=min(config.warmup_steps, total_steps),
+                              num_training_steps=total_steps)
 
-    history: list[dict[str, float]] = []
-    start_epoch, skip_batches, epoch_generator_state = 0, 0, shuffle_generator.get_state()
+    state = checkpoints.TrainerState(history=[], epoch_generator_state=shuffle_generator.get_state())
     if saved is not None:
-        optimizer.load_state_dict(saved.optimizer)
-        scheduler.load_state_dict(saved.state["scheduler"])
-        history = saved.state["history"]
-        start_epoch, skip_batches = saved.state["epoch"], saved.state["batches_done_in_epoch"]
-        epoch_generator_state = saved.epoch_generator_state
-        if metrics_path:
-            checkpoints.truncate_metrics(metrics_path, len(history))
+        state = checkpoints.resume(saved, accelerator.unwrap_model(model), optimizer, scheduler, metrics_path=metrics_path)
         if log is not None:
-            log(f"resumed from step {len(history)} of {total_steps} ({checkpoint_dir})")
-        if len(history) >= total_steps:
-            return history
-
-    def save(epoch: int, batches_done: int) -> Path | None:
-        if checkpoint_dir is None or not accelerator.is_main_process:
-            return None
-        return checkpoints.save(
-            checkpoint_dir, accelerator.unwrap_model(model), optimizer, config=config,
-            reference=(ref_chosen, ref_rejected) if ref_chosen is not None else (torch.zeros(0), torch.zeros(0)),
-            epoch_generator_state=epoch_generator_state,
-            state={"epoch": epoch, "batches_done_in_epoch": batches_done, "history": history, "scheduler": scheduler.state_dict()},
-        )
-
-    metrics_file = open(metrics_path, "a", encoding="utf-8") if metrics_path else None
-    bar = tqdm(total=total_steps, initial=len(history), desc="DPO", disable=not (progress and accelerator.is_main_process))
-    sums: dict[str, float] = {}
-    micro_batches, tokens, started = 0, 0, time.perf_counter()
+            log(f"resumed from step {len(state.history)} of {total_steps} ({checkpoint_dir})")
+    history = state.history
+    if len(history) >= total_steps:
+        return history
+    save = functools.partial(checkpoints.save, checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler,
+                             config=config, reference=reference, state=state)
+    keeps_checkpoints = checkpoint_dir is not None and accelerator.is_main_process  # one process writes them
+    metrics = StepMetrics(accelerator)
     model.train()
-    if config.gradient_checkpointing:
-        accelerator.unwrap_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    with checkpoints.interrupt_flag() as interrupted:
-        try:
-            for epoch in range(start_epoch, config.epochs):
-                if epoch > start_epoch:
-                    epoch_generator_state = shuffle_generator.get_state()
-                    skip_batches = 0
-                shuffle_generator.set_state(epoch_generator_state)
-                loader = accelerator.skip_first_batches(train_loader, skip_batches) if skip_batches else train_loader
-                batches_done = skip_batches
-                for batch in loader:
-                    batches_done += 1
-                    with accelerator.accumulate(model):
-                        with accelerator.autocast():
-                            policy_chosen, policy_rejected = pair_logps(model, batch)
-                        index, device = batch["index"].cpu(), policy_chosen.device
-                        chosen_lengths, rejected_lengths = split_chosen_rejected((batch["labels"] != IGNORE_INDEX).sum(1))
-                        losses, chosen_rewards, rejected_rewards = dpo_loss(
-                            policy_chosen.float(), policy_rejected.float(),
-                            None if ref_chosen is None else ref_chosen[index].to(device),
-                            None if ref_rejected is None else ref_rejected[index].to(device),
-                            config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
-                            offset=None if offsets is None else offsets[index].to(device),
-                            chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
-                            sft_weight=config.sft_weight, simpo_gamma=config.simpo_gamma,
-                        )
-                        loss = losses.mean()
-                        # stop before any update from it (all processes together: one alone would leave the others
-                        # waiting in the gradient all-reduce); the last checkpoint stays as it is
-                        if not accelerator.gather(torch.isfinite(loss.detach())[None]).all():
-                            raise TrainingStopped(
-                                f"non-finite loss ({loss.item()}) at step {len(history) + 1}, epoch {epoch}; "
-                                + (f"the last good checkpoint is in {checkpoint_dir}" if checkpoint_dir else "no checkpoint_dir was given")
-                                + ". Lower the learning rate, or look for extreme log-probs in the data."
-                            )
-                        accelerator.backward(loss)
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if accelerator.sync_gradients else None
-                        optimizer.step()
-                        optimizer.zero_grad()
-
-                    # every process's pairs (under `accelerate launch`): the metrics are the run's, not one shard's
-                    losses_all, chosen_all, rejected_all, policy_chosen_all, policy_rejected_all = accelerator.gather(
-                        (losses.detach(), chosen_rewards, rejected_rewards, policy_chosen.detach().float(), policy_rejected.detach().float()))
-                    micro = {
-                        "loss": losses_all.mean().item(),
-                        "rewards/chosen": chosen_all.mean().item(),
-                        "rewards/rejected": rejected_all.mean().item(),
-                        "rewards/margins": (chosen_all - rejected_all).mean().item(),
-                        "rewards/accuracies": (chosen_all > rejected_all).float().mean().item(),
-                        "logps/chosen": policy_chosen_all.mean().item(),
-                        "logps/rejected": policy_rejected_all.mean().item(),
-                    }
-                    for name, value in micro.items():
-                        sums[name] = sums.get(name, 0.0) + value
-                    micro_batches += 1
-                    tokens += int(accelerator.gather(batch["attention_mask"].sum()).sum())
-                    if not accelerator.sync_gradients:
-                        continue
-                    elapsed = time.perf_counter() - started
-                    record = {
-                        "step": len(history) + 1, "epoch": epoch,
-                        **{name: total / micro_batches for name, total in sums.items()},  # the mean over this step's micro-batches
-                        "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-                        "tokens_per_second": tokens / max(elapsed, 1e-9),
-                    }
-                    scheduler.step()
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
-                    if on_step:
-                        record.update(on_step(record) or {})
-                    history.append(record)
-                    if metrics_file:
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
-                    sums, micro_batches, tokens, started = {}, 0, 0, time.perf_counter()
-                    done = len(history) >= total_steps
-                    if done or interrupted() or (checkpoint_every and len(history) % checkpoint_every == 0):
-                        where = save(epoch, batches_done)
-                    if interrupted():
-                        raise TrainingStopped(
-                            f"interrupted after step {len(history)} of {total_steps}"
-                            + (f"; checkpoint saved in {where}: continue with resume=True (dpo-edu run --resume)" if where else "")
-                        )
-                    if done:
-                        return history
-            save(config.epochs, 0)
-            return history
-        finally:
-            if config.gradient_checkpointing:
-                accelerator.unwrap_model(model).gradient_checkpointing_disable()
-            bar.close()
-            if metrics_file:
-                metrics_file.close()
+    with contextlib.ExitStack() as stack:  # left in reverse: checkpointing off, bar closed, file closed, SIGINT's handler back
+        interrupted = stack.enter_context(checkpoints.interrupt_flag())
+        metrics_file = stack.enter_context(open(metrics_path, "a", encoding="utf-8")) if metrics_path else None
+        bar = stack.enter_context(tqdm(total=total_steps, initial=len(history), desc="DPO",
+                                       disable=not (progress and accelerator.is_main_process)))
+        stack.enter_context(_gradient_checkpointing(accelerator.unwrap_model(model), config.gradient_checkpointing))
+        for epoch, batch in _micro_batches(accelerator, train_loader, shuffle_generator, state, config.epochs):
+            with accelerator.accumulate(model):
+                out = pair_losses(model, batch, reference, offsets, config, accelerator)
+                _stop_unless_finite(accelerator, out.loss, step=len(history) + 1, epoch=epoch, checkpoint_dir=checkpoint_dir)
+                accelerator.backward(out.loss)
+                grad_norm = (accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                             if accelerator.sync_gradients else None)
+                optimizer.step()
+                optimizer.zero_grad()
+            metrics.add(out, batch["attention_mask"])
+            if not accelerator.sync_gradients:
+                continue
+            record = metrics.record(step=len(history) + 1, steps_total=total_steps, epoch=epoch, grad_norm=grad_norm,
+                                    lr=scheduler.get_last_lr()[0])
+            scheduler.step()
+            _write_step(record, history, bar=bar, on_step=on_step, metrics_file=metrics_file)
+            metrics.start()  # after on_step: its evaluations are not training time
+            done, stop = len(history) >= total_steps, interrupted()
+            due = done or stop or (checkpoint_every and len(history) % checkpoint_every == 0)
+            where = save() if keeps_checkpoints and due else None
+            if stop:
+                raise TrainingStopped(f"interrupted after step {len(history)} of {total_steps}" + (
+                    f"; checkpoint saved in {where}: continue with resume=True (dpo-edu run --resume)" if where else ""))
+            if done:
+                return history
+        if keeps_checkpoints:
+            save()  # the position is past the last epoch
+    return history

@@ -5,8 +5,8 @@ import contextlib
 import os
 import platform
 import random
+import secrets
 import shutil
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -196,12 +196,10 @@ def staged(target: str | os.PathLike, *, folder: bool = False) -> Iterator[Path]
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if folder:
-        temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    else:
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(handle)
-        temporary = Path(name)
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(4)}{'' if folder else '.tmp'}"
+    # mkdir/touch, not tempfile's mkdtemp/mkstemp: those make 0700/0600 entries, and a run's files should be readable
+    # like any other the user writes (mode 0777/0666 less the umask)
+    temporary.mkdir() if folder else temporary.touch(exist_ok=False)
     try:
         yield temporary
         if folder:
@@ -213,3 +211,20 @@ def staged(target: str | os.PathLike, *, folder: bool = False) -> Iterator[Path]
             shutil.rmtree(temporary, ignore_errors=True)
         else:
             temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars ("Loading weights", "Writing model shards") inside the block; the user's setting after.
+
+    Loading or saving a 135M model takes seconds, and a notebook cell that does it several times shows a wall of bars.
+    """
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

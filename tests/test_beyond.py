@@ -82,7 +82,6 @@ def test_small_helpers():
     with pytest.raises(ValueError):
         beyond.length_summary([], 8)
     assert beyond.tail_mean([1.0, 2.0, 3.0, 4.0], 2) == 3.5 and beyond.tail_mean([1.0], 5) == 1.0
-    assert beyond.steps_for(17, 8, 2) == 6
     assert beyond.trajectory([{"a": 1.0}, {"a": 2.0}], "a") == [1.0, 2.0]
 
 

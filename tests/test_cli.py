@@ -45,3 +45,14 @@ def test_run_names_a_bad_loss_setting_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--loss-type", "kto"])
     assert "invalid choice: 'kto'" in capsys.readouterr().err
+
+
+def test_run_passes_the_input_options(monkeypatch, tmp_path):
+    import dpo_edu.run
+
+    seen = {}
+    monkeypatch.setattr(dpo_edu.run, "run", lambda *args, **kwargs: seen.update(kwargs) or {"steps": 1})
+    assert main(["run", "--out", str(tmp_path / "r"), "--pairs", "p.jsonl", "--heldout-fraction", "0.2", "--max-length", "256"]) == 0
+    assert seen["pairs"] == "p.jsonl" and seen["heldout_fraction"] == 0.2 and seen["loss"] == {"max_length": 256}
+    assert main(["run", "--out", str(tmp_path / "r"), "--prompts", "p.txt", "--reward", "r.py:reward", "--model", "m"]) == 0
+    assert (seen["prompts"], seen["reward"], seen["model"], seen["pairs"]) == ("p.txt", "r.py:reward", "m", None)

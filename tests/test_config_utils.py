@@ -89,3 +89,24 @@ def test_cpu_bf16_follows_the_hardware_probes(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value, raising=False)
         assert cpu_bf16_supported() is expected
+
+
+def test_staged_writes_are_whole_and_readable_like_any_user_file(tmp_path):
+    """A fault: `staged` once used mkstemp/mkdtemp, whose 0600/0700 modes made a run's files readable only by their owner."""
+    import os
+
+    from dpo_edu.utils import staged
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with staged(tmp_path / "pairs.jsonl") as temporary:
+        temporary.write_text("{}\n")
+    with staged(tmp_path / "policy", folder=True) as temporary:
+        (temporary / "config.json").write_text("{}")
+    assert (tmp_path / "pairs.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "policy").stat().st_mode & 0o777 == 0o777 & ~umask
+    with pytest.raises(RuntimeError), staged(tmp_path / "pairs.jsonl") as temporary:
+        temporary.write_text("half")
+        raise RuntimeError
+    assert (tmp_path / "pairs.jsonl").read_text() == "{}\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pairs.jsonl", "policy"]  # no temporary left

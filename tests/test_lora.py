@@ -47,9 +47,10 @@ def tiny_lora(tokenizer):
 def all_logps(model, tokenizer) -> torch.Tensor:
     """Sequence log-probs of every pair, chosen then rejected, in one batch, as the model is now (eval mode)."""
     from dpo_edu.data import collate_preferences
+    from dpo_edu.utils import pad_token_id
 
     _, features = usable_examples(tokenizer, EXAMPLES, TrainConfig(**CONFIG), log=None)
-    batch = collate_preferences(features, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    batch = collate_preferences(features, pad_token_id(tokenizer))
     model.eval()
     with torch.no_grad():
         return torch.cat(pair_logps(model, batch))

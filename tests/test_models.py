@@ -286,6 +286,32 @@ def test_interrupted_build_leaves_no_cache(gguf, monkeypatch, tokenizer):
     assert not models.cache_dir().exists() or list(models.cache_dir().iterdir()) == []
 
 
+def test_a_cache_another_process_finished_first_is_kept(gguf, tokenizer):
+    """Two processes building the cache at once: the second rename fails, and the first one's sound cache stays."""
+    target = models.cached_model_dir()
+    ours, theirs = tiny_model(tokenizer, seed=1), tiny_model(tokenizer, seed=2)
+    save_ours, built = ours.save_pretrained, {}
+
+    def the_other_process_wins(folder, **kwargs):
+        models._save_atomically(theirs, tokenizer, target)
+        built["sha256"] = sha256(target / "model.safetensors")
+        save_ours(folder, **kwargs)
+
+    ours.save_pretrained = the_other_process_wins
+    models._save_atomically(ours, tokenizer, target)
+    assert sha256(target / "model.safetensors") == built["sha256"] and models.cache_problem(target) is None
+    assert [p.name for p in target.parent.iterdir()] == [target.name], "our staging folder is gone"
+
+
+def test_a_broken_folder_in_the_way_is_an_error(gguf, tokenizer):
+    target = models.cached_model_dir()
+    (target / "config.json").parent.mkdir(parents=True)
+    (target / "config.json").write_text("{")
+    with pytest.raises(OSError):
+        models._save_atomically(tiny_model(tokenizer), tokenizer, target)
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
 def test_loading_shows_no_progress_bars_and_leaves_the_setting_alone(capfd):
     """A notebook cell that loads the model several times showed a "Loading weights" bar for each (notebook 07: nine)."""
     from transformers.utils import logging as hf_logging

@@ -1,19 +1,46 @@
-"""Every notebook opens and closes the way COURSE.md says, and its committed outputs are clean."""
+"""Every notebook opens and closes the way docs/DESIGN.md says, and its committed outputs are clean."""
 from __future__ import annotations
 
+import importlib.util
 import re
+import shutil
 import statistics
 from pathlib import Path
 
 import nbformat
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 # NN_name.ipynb, and optional appendices NNx_name.ipynb (04b_...: sorts right after 04)
 NOTEBOOKS = sorted(
-    path for path in (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]*_*.ipynb")
+    path for path in (ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb")
     if re.fullmatch(r"\d\d[a-z]?_\w+\.ipynb", path.name)
 )
-COLAB_URL = "https://colab.research.google.com/github/dpo-edu/dpo-edu/blob/main/notebooks/"
+# Notebooks whose code lines fit a JupyterLab cell: at most MAX_CODE_LINE characters (06-08 to follow).
+WRAPPED_NOTEBOOKS = [
+    "00_welcome.ipynb",
+    "01_bradley_terry.ipynb",
+    "02_optimal_policy.ipynb",
+    "03_dpo_loss.ipynb",
+    "04_logprobs.ipynb",
+    "04b_appendix_memory.ipynb",
+    "05_bandit.ipynb",
+]
+MAX_CODE_LINE = 100
+
+
+def _load_set_repo_url():
+    """scripts/set_repo_url.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("set_repo_url", ROOT / "scripts" / "set_repo_url.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+set_repo_url = _load_set_repo_url()
+# the badge of notebooks/NN_name.ipynb is COLAB_URL + "NN_name.ipynb"; the repository comes from pyproject.toml
+COLAB_URL = ("https://colab.research.google.com/github/"
+             f"{set_repo_url.owner_and_name(set_repo_url.repository_url())}/blob/main/notebooks/")
 
 
 def test_notebooks_exist():
@@ -87,7 +114,10 @@ def test_short_cells(notebook):
 def test_committed_outputs_are_clean(notebook):
     path, nb = notebook
     for index, cell in enumerate(_code(nb)):
-        assert cell.execution_count is not None, f"{path.name}: code cell {index} was not executed before committing"
+        if cell.metadata.get("jupyter", {}).get("source_hidden"):  # a solution: committed blank, it gives nothing away
+            assert not cell.outputs and cell.execution_count is None, f"{path.name}: solution cell {index} keeps its output"
+        else:
+            assert cell.execution_count is not None, f"{path.name}: code cell {index} was not executed before committing"
         assert "execution" not in cell.metadata, f"{path.name}: code cell {index} keeps execution timestamps"
         for output in cell.outputs:
             assert output.output_type != "error", f"{path.name}: code cell {index} has an error output"
@@ -104,3 +134,68 @@ def test_check_output_cells_exist(notebook):
         assert checked, f"{path.name}: no '# NBVAL_CHECK_OUTPUT' cell"
     for cell in checked:
         assert cell.outputs, f"{path.name}: a NBVAL_CHECK_OUTPUT cell has no committed output to compare"
+
+
+@pytest.mark.parametrize("name", WRAPPED_NOTEBOOKS)
+def test_code_lines_fit_a_jupyterlab_cell(name):
+    """A line longer than a JupyterLab cell wraps (or scrolls) where the learner reads it."""
+    assert (ROOT / "notebooks" / name).exists(), f"WRAPPED_NOTEBOOKS names a missing notebook: {name}"
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    long_lines = [f"cell {index}: {len(line)} chars: {line[:60]}..."
+                  for index, cell in enumerate(nb.cells) if cell.cell_type == "code"
+                  for line in cell.source.splitlines() if len(line) > MAX_CODE_LINE]
+    assert not long_lines, f"{name}: code lines over {MAX_CODE_LINE} characters:\n" + "\n".join(long_lines)
+
+
+def test_repository_url_is_the_same_everywhere():
+    """Install cells, Colab badges, README.md and CONTRIBUTING.md all name pyproject.toml's repository."""
+    assert set_repo_url.mismatches() == []
+
+
+def _copy_of_the_named_places(tmp_path) -> Path:
+    for name in ("pyproject.toml", "README.md", "CONTRIBUTING.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    return tmp_path
+
+
+def test_repository_url_check_lists_a_place_that_differs(tmp_path):
+    root = _copy_of_the_named_places(tmp_path)
+    notebook = root / "notebooks" / "01_bradley_terry.ipynb"
+    notebook.write_text(notebook.read_text().replace("git+https://github.com/", "git+https://github.com/elsewhere-"))
+    readme = root / "README.md"
+    readme.write_text(readme.read_text() + "\n[Colab](https://colab.research.google.com/github/someone/else/blob/main/x.ipynb)\n")
+    found = set_repo_url.mismatches(root)
+    assert len(found) == 2, found
+    assert found[0].startswith("README.md: Colab link to someone/else")
+    assert found[1].startswith("notebooks/01_bradley_terry.ipynb, cell 1: git+https://github.com/elsewhere-")
+
+
+def test_set_repo_url_points_every_place_at_a_fork(tmp_path):
+    root = _copy_of_the_named_places(tmp_path)
+    fork = "https://github.com/a-fork/dpo-edu-copy"
+    changed = set_repo_url.set_url(fork + ".git", root)
+    assert set_repo_url.repository_url(root) == fork
+    assert set_repo_url.mismatches(root) == []
+    assert {path.name for path in changed} >= {"pyproject.toml", "CONTRIBUTING.md", *(path.name for path in NOTEBOOKS)}
+    for path in sorted((root / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert f"/github/a-fork/dpo-edu-copy/blob/main/notebooks/{path.name}" in nb.cells[0].source, path.name
+        assert f"git+{fork}" in _code(nb)[0].source, path.name
+    with pytest.raises(ValueError, match="not a GitHub repository URL"):
+        set_repo_url.set_url("https://gitlab.com/a-fork/dpo-edu", root)
+
+
+def test_repository_cites_only_documents_it_contains():
+    """A Markdown document that the code or the docs name (upper-case, as README.md) is in the repository."""
+    documents = {path.name for path in ROOT.rglob("*.md") if ".venv" not in path.parts}
+    folders = ["dpo_edu", "tests", "scripts", "notebooks", "docs", "data", "benchmarks", ".ci"]
+    files = [path for path in ROOT.iterdir() if path.is_file()]
+    files += [path for folder in folders if (ROOT / folder).is_dir() for path in (ROOT / folder).rglob("*")
+              if path.is_file() and path.suffix in {".py", ".md", ".ipynb", ".toml", ".yml", ""}]
+    missing = set()
+    for path in files:
+        text = path.read_text(errors="ignore")
+        missing |= {(path.relative_to(ROOT).as_posix(), name) for name in re.findall(r"\b[A-Z][A-Z_]+\.md\b", text)
+                    if name not in documents}
+    assert not missing, f"files cite documents the repository does not contain: {sorted(missing)}"

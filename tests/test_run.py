@@ -194,7 +194,7 @@ def test_ctrl_c_while_sampling_keeps_nothing_and_puts_a_replaced_run_back(run_di
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "build_pairs", ctrl_c)
+    monkeypatch.setattr(run_module, "sample_pairs", ctrl_c)
     assert main(["run", "--profile", "smoke", "--out", str(tmp_path / "new"), "--quiet"]) == 130
     assert "nothing was kept" in capsys.readouterr().err and not (tmp_path / "new").exists()
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from dpo_edu.cli import main
-from dpo_edu.rundir import MARKER, RunFolder, RunFolderError, check_writable, stopped_message
+from dpo_edu.rundir import MARKER, RunFolder, RunFolderError, check_writable, foreign_entries, stopped_message
+from dpo_edu.utils import staged
 
 
 def users_work(folder: Path) -> dict[str, str]:
@@ -56,6 +57,19 @@ def test_overwrite_refuses_a_run_folder_holding_a_users_file(tmp_path):
     (run / "my-notes.txt").write_text("keep me")
     with pytest.raises(RunFolderError, match="my-notes.txt"):
         RunFolder.check(run, "run", overwrite=True)
+
+
+def test_a_run_stopped_while_writing_a_file_is_still_a_run(tmp_path):
+    """The temporaries `staged` writes beside pairs.jsonl, policy/, metrics.jsonl are a run's; a user's hidden file isn't."""
+    run = a_finished_run(tmp_path / "run")
+    with (staged(run / "pairs.jsonl"), staged(run / "policy", folder=True), staged(run / "metrics.jsonl"),
+          staged(run / "pairs_seed3.jsonl")):
+        assert len([path for path in run.iterdir() if path.name.startswith(".") and path.name != MARKER]) == 4
+        assert foreign_entries(run) == []
+        RunFolder.check(run, "run", overwrite=True)
+    (run / ".my-notes.md").write_text("mine")
+    (run / ".plots-of-mine").mkdir()
+    assert foreign_entries(run) == [".my-notes.md", ".plots-of-mine"]
 
 
 def test_a_replaced_run_is_kept_until_the_new_one_has_a_result(tmp_path):

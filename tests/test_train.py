@@ -224,6 +224,7 @@ def test_the_trainer_passes_response_lengths(tokenizer):
     """Lengths are the response tokens (EOS included): SimPO's first loss is its formula on the model's own log-probs."""
     from dpo_edu.data import IGNORE_INDEX, collate_preferences, split_chosen_rejected, tokenize_preference
     from dpo_edu.train import pair_logps
+    from dpo_edu.utils import pad_token_id
 
     import torch.nn.functional as F
 
@@ -231,8 +232,7 @@ def test_the_trainer_passes_response_lengths(tokenizer):
                          max_length=64, max_prompt_length=48)
     model = tiny_model(tokenizer, seed=4)
     features = [tokenize_preference(tokenizer, example, max_length=64, max_prompt_length=48) for example in EXAMPLES]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch = collate_preferences(features, pad)
+    batch = collate_preferences(features, pad_token_id(tokenizer))
     with torch.no_grad():
         chosen, rejected = pair_logps(model, batch)
     chosen_lengths, rejected_lengths = split_chosen_rejected((batch["labels"] != IGNORE_INDEX).sum(1))

@@ -1,0 +1,219 @@
+"""The stages of a DPO run, each a function of its inputs: sample -> pairs -> train -> evaluate -> report.
+
+`dpo-edu run` (`dpo_edu.run`) strings them together for three kinds of input:
+
+* the course's task: movie-review openings, continued by the reference and
+  scored by VADER (`dpo_edu.rewards.sentiment`, the default reward);
+* `--prompts FILE --reward SPEC`: your prompts and your reward function, in
+  TRL's convention `reward(prompts, completions, **kwargs) -> list[float]`;
+  the same stages, with your reward wherever the course's task uses VADER;
+* `--pairs FILE`: your preference pairs. Nothing is sampled, and since there
+  is no reward to score samples with, the evaluation is on held-out pairs
+  (`PairsEvaluator`: implicit-reward accuracy and margins) and the KL on their
+  prompts.
+
+`dpo-edu frontier` (`dpo_edu.frontier`) calls the same stages for each seed and beta.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Sequence
+
+from .config import Profile
+from .data import as_standard, is_conversational, prompt_text
+from .evaluate import evaluate_policy, format_kl, log_ratios, mean_and_se
+from .generation import make_pairs, sample_completions
+from .models import load_model
+from .rewards import checked_rewards
+from .train import MIXED_PRECISION_OF, TrainConfig, compute_reference_logps, usable_examples
+from .utils import quiet_transformers, staged
+
+RewardFunction = Callable[..., list[float]]  # reward(prompts, completions, **kwargs) -> list[float], as in TRL
+REWARD_EVAL_KEYS = ("reward_mean", "reward_se", "reward_gain", "reward_gain_se", "win_rate", "kl", "kl_se")
+PAIR_EVAL_KEYS = ("accuracy", "margin", "margin_se", "chosen_reward", "rejected_reward", "kl", "kl_se")
+
+
+def train_config(profile: Profile, **overrides) -> TrainConfig:
+    """The trainer's settings for the full run at `profile`'s sizes (plain-text prompts: the text is given as the model sees it)."""
+    settings = dict(
+        beta=profile.run_beta, learning_rate=profile.run_learning_rate, batch_size=profile.run_batch_size,
+        epochs=profile.run_epochs, warmup_steps=profile.run_warmup_steps, max_length=profile.run_max_length,
+        max_prompt_length=profile.run_max_prompt_length, use_chat_template=False, seed=profile.run_seed,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+# ------------------------------------------------------------ rewards
+
+def rewards_of(reward_fn: RewardFunction, prompts: Sequence, texts: Sequence[str]) -> list[float]:
+    """reward_fn's score of each completion text for the prompt at the same index.
+
+    TRL's convention: a conversational prompt (a list of messages) gets its
+    completion as [{"role": "assistant", "content": text}], a plain prompt as the text.
+    """
+    completions = [[{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+                   for prompt, text in zip(prompts, texts)]
+    return checked_rewards(reward_fn, prompts, completions)
+
+
+def scorer(reward_fn: RewardFunction, prompts: Sequence) -> Callable[[list[str]], list[float]]:
+    """texts -> rewards, one completion per prompt of `prompts` (what `evaluate_policy` calls)."""
+    return lambda texts: rewards_of(reward_fn, prompts, texts)
+
+
+# ------------------------------------------------------------ stage 1-2: sample from the reference, score, pair
+
+def sample_pairs(model, tokenizer, prompts: Sequence, reward_fn: RewardFunction, *, per_prompt: int, max_new_tokens: int,
+                 batch_size: int, seed: int, rule: str, min_gap: float, precision: str = "auto",
+                 progress: bool = False) -> tuple[list[dict], dict]:
+    """Sample `per_prompt` completions of each prompt from `model`, score them with `reward_fn`, pair them (`make_pairs`).
+
+    Prompts are strings (continued as they are) or conversations (continued
+    through the chat template). Returns (pairs in TRL's standard format with
+    chosen_score and rejected_score, counts with the samples' mean reward).
+    """
+    texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
+    samples = sample_completions(model, tokenizer, texts, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size, seed=seed, progress=progress, precision=precision)
+    scores = rewards_of(reward_fn, [prompt for prompt in prompts for _ in range(per_prompt)], samples.texts)
+    pairs, counts = make_pairs(samples, scores, rule=rule, min_gap=min_gap, tokenizer=tokenizer)
+    mean, se = mean_and_se(scores)
+    counts.update(samples=len(scores), sample_reward_mean=mean, sample_reward_se=se,
+                  sample_reward_zero_fraction=sum(s == 0 for s in scores) / len(scores))
+    return pairs, counts
+
+
+# ------------------------------------------------------------ stage 2 for --pairs: a user's file, split
+
+def split_heldout(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training rows, held-out rows): whole prompts are held out, about `fraction` of the rows, chosen at random by `seed`.
+
+    Holding out by prompt keeps a prompt's pairs on one side, so the held-out
+    numbers measure prompts the policy never trained on.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"heldout_fraction must be in [0, 1), got {fraction}")
+    by_prompt: dict[str, list[dict]] = {}
+    for row in rows:
+        by_prompt.setdefault(repr(row["prompt"]), []).append(row)
+    groups = list(by_prompt.values())
+    random.Random(seed).shuffle(groups)
+    heldout: list[dict] = []
+    while groups and len(heldout) < fraction * len(rows) and len(groups) > 1:
+        heldout += groups.pop()
+    train = [row for group in groups for row in group]
+    return train, heldout
+
+
+def standard_pairs(tokenizer, rows: list[dict]) -> list[dict]:
+    """Every row in TRL's standard format (`dpo_edu.data.as_standard`: conversations through the chat template)."""
+    return [as_standard(tokenizer, row) for row in rows]
+
+
+# ------------------------------------------------------------ stage 4: evaluate on held-out prompts
+
+class RewardEvaluator:
+    """The policy on held-out prompts, scored by `reward_fn`, against the reference's samples drawn once at construction.
+
+    The frozen reference is re-loaded from disk (`model_source`) for each
+    evaluation and freed after it, so no second copy of the model sits in memory
+    during training; a sweep that keeps one frozen copy anyway passes it as `reference=`.
+    """
+    keys = REWARD_EVAL_KEYS
+
+    def __init__(self, model, tokenizer, prompts: Sequence, reward_fn: RewardFunction, *, max_new_tokens: int,
+                 batch_size: int, seed: int, model_source=None, precision: str = "auto", reference=None) -> None:
+        self.tokenizer, self.model_source, self.precision, self.reference = tokenizer, model_source, precision, reference
+        self.prompts, self.texts = list(prompts), [prompt_text(tokenizer, prompt) for prompt in prompts]
+        self.score = scorer(reward_fn, self.prompts)
+        self.sizes = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        self.seed = seed
+        samples = sample_completions(model, tokenizer, self.texts, seed=seed + 1, precision=precision, **self.sizes)
+        self.reference_texts = samples.texts
+        self.reference_lengths = [len(ids) for ids in samples.completion_ids]
+        self.reference_rewards = self.score(samples.texts)
+        self.results: list[dict] = []
+
+    def __call__(self, policy, step: int, *, policy_is_reference: bool = False) -> dict:
+        reference = None if policy_is_reference else self.reference or _reload(self.model_source, policy)
+        result = evaluate_policy(policy, reference, self.tokenizer, self.texts, self.reference_rewards, score=self.score,
+                                 seed=self.seed + 2, precision=self.precision, **self.sizes)
+        self.results.append({"step": step, **result})
+        return {f"eval/{key}": result[key] for key in self.keys}
+
+    @staticmethod
+    def describe(row: dict) -> str:
+        return (f"reward {row['eval/reward_mean']:.3f} ± {row['eval/reward_se']:.3f}, win rate {row['eval/win_rate']:.3f}, "
+                f"{format_kl(row['eval/kl'], row['eval/kl_se'])}")
+
+
+class PairsEvaluator:
+    """The policy on held-out preference pairs: how often, and by how much, its implicit reward prefers the chosen reply.
+
+    The implicit reward of a reply is beta * (log pi(y|x) - log pi_ref(y|x)) (notebook 03); the reference's
+    log-probs are computed once, at construction. Also the KL(policy || reference) on the pairs' prompts, from
+    one policy sample each (`dpo_edu.evaluate.log_ratios`). At step 0 the policy is the reference: every
+    reward is 0, so the accuracy (chosen reward > rejected reward, as TRL counts it) is 0 and the margin 0.
+    """
+    keys = PAIR_EVAL_KEYS
+
+    def __init__(self, reference, tokenizer, pairs: list[dict], config: TrainConfig, *, max_new_tokens: int,
+                 batch_size: int, seed: int, model_source=None, precision: str = "auto") -> None:
+        self.tokenizer, self.config, self.model_source, self.precision = tokenizer, config, model_source, precision
+        self.pairs, _ = usable_examples(tokenizer, pairs, config, log=None)
+        self.reference_logps = compute_reference_logps(reference, tokenizer, self.pairs, config)
+        self.prompts = list(dict.fromkeys(pair["prompt"] for pair in self.pairs))
+        self.sizes = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        self.seed = seed
+        self.results: list[dict] = []
+
+    def __call__(self, policy, step: int, *, policy_is_reference: bool = False) -> dict:
+        if policy_is_reference:  # every implicit reward is 0 and so is the KL: nothing to compute
+            policy_logps, kl, kl_se, texts = self.reference_logps, 0.0, 0.0, []
+        else:
+            policy_logps = compute_reference_logps(policy, self.tokenizer, self.pairs, self.config)
+            kl, kl_se, texts = self._kl(policy)
+        beta = self.config.beta
+        chosen = [beta * (p - r) for p, r in zip(policy_logps[0].tolist(), self.reference_logps[0].tolist())]
+        rejected = [beta * (p - r) for p, r in zip(policy_logps[1].tolist(), self.reference_logps[1].tolist())]
+        margins = [c - r for c, r in zip(chosen, rejected)]
+        margin, margin_se = mean_and_se(margins)
+        result = {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": margin, "margin_se": margin_se,
+                  "chosen_reward": sum(chosen) / len(chosen), "rejected_reward": sum(rejected) / len(rejected),
+                  "kl": kl, "kl_se": kl_se, "samples": texts}
+        self.results.append({"step": step, **result})
+        return {f"eval/{key}": result[key] for key in self.keys}
+
+    def _kl(self, policy) -> tuple[float, float, list[str]]:
+        """KL(policy || reference) on the held-out prompts from one policy sample each: (kl, its SE, the samples)."""
+        samples = sample_completions(policy, self.tokenizer, self.prompts, seed=self.seed + 2, precision=self.precision, **self.sizes)
+        reference = _reload(self.model_source, policy)
+        ratios = log_ratios(policy, reference, self.tokenizer, samples, batch_size=self.sizes["batch_size"], precision=self.precision)
+        return (*mean_and_se(ratios), samples.texts)
+
+    @staticmethod
+    def describe(row: dict) -> str:
+        return (f"held-out pairs: accuracy {row['eval/accuracy']:.3f}, margin {row['eval/margin']:+.3f} ± {row['eval/margin_se']:.3f} "
+                f"(chosen {row['eval/chosen_reward']:+.3f}, rejected {row['eval/rejected_reward']:+.3f}), "
+                f"{format_kl(row['eval/kl'], row['eval/kl_se'])}")
+
+
+def _reload(model_source, policy):
+    """A fresh frozen copy of the reference, on the policy's device."""
+    reference, _ = load_model(model_source, device=next(policy.parameters()).device)
+    return reference.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------ stage 5: keep the policy
+
+def save_policy(model, tokenizer, target) -> Any:
+    """save_pretrained (safetensors) with the tokenizer, all at once (`dpo_edu.utils.staged`): it loads with
+    `AutoModelForCausalLM.from_pretrained(target)`, TRL's trainers (`model=str(target)`) and `dpo-edu run --model`."""
+    with staged(target, folder=True) as staging, quiet_transformers():
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return target
+
+
+def count_conversational(rows: list[dict]) -> int:
+    return sum(is_conversational(row) for row in rows)

@@ -1,0 +1,129 @@
+"""The trainer's parts on their own: the planned steps in every record, StepMetrics, the precision mapping,
+and checkpoint.save's all-or-nothing write (a tiny random Llama where a model is needed)."""
+import json
+import math
+
+import pytest
+import torch
+
+from dpo_edu import checkpoint
+from dpo_edu.train import (MIXED_PRECISION, StepMetrics, TrainConfig, mixed_precision_dtype, planned_steps,
+                           resolve_mixed_precision, train_dpo, usable_examples)
+
+EXAMPLES = [
+    {"prompt": f"Review {i}:", "chosen": f" lovely film number {i}, warm and funny.", "rejected": f" dull film {i}."}
+    for i in range(7)
+]
+LONG_PROMPT = {"prompt": "word " * 60 + "end:", "chosen": " good.", "rejected": " bad."}  # kept, its prompt cut
+SEAM = {"prompt": "It was", "chosen": "n't good", "rejected": " fine"}  # skipped: "was" + "n't" change at the seam
+SMALL = dict(learning_rate=1e-3, warmup_steps=1, max_length=48, max_prompt_length=16, use_chat_template=False, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from dpo_edu.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+def tiny_model(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("examples, settings, steps", [
+    # 9 examples, 1 skipped: 8 usable pairs, 3 micro-batches of 1 a step: 3 steps an epoch, the last short
+    (EXAMPLES + [LONG_PROMPT, SEAM], dict(batch_size=3, gradient_accumulation_steps=3, epochs=2), 6),
+    # stopped by max_steps in the second epoch of 4 steps
+    (EXAMPLES, dict(batch_size=2, epochs=3, max_steps=5), 5),
+])
+def test_every_record_has_steps_total_and_the_last_step_reaches_it(tokenizer, tmp_path, examples, settings, steps):
+    config = TrainConfig(**SMALL, **settings)
+    seen = []
+    history = train_dpo(tiny_model(tokenizer), tokenizer, examples, config, progress=False, log=None,
+                        metrics_path=tmp_path / "metrics.jsonl", on_step=lambda record: seen.append(dict(record)))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == len(lines) == len(seen) == steps
+    for records in (history, lines, seen):
+        assert [record["step"] for record in records] == list(range(1, steps + 1))
+        assert {record["steps_total"] for record in records} == {steps}
+    usable, _ = usable_examples(tokenizer, examples, config, log=None)
+    assert planned_steps(len(usable), config) == steps
+
+
+def test_planned_steps_counts_short_steps_shards_and_max_steps():
+    config = TrainConfig(batch_size=4, gradient_accumulation_steps=2, epochs=3)  # micro-batches of 2
+    assert planned_steps(10, config) == 3 * 3  # 5 micro-batches: steps of 2, 2 and 1
+    assert planned_steps(10, config, processes=2) == 3 * 2  # 3 micro-batches each (accelerate evens them out)
+    assert planned_steps(10, TrainConfig(batch_size=4, gradient_accumulation_steps=2, epochs=3, max_steps=4)) == 4
+    assert planned_steps(1, TrainConfig(batch_size=8, epochs=2, max_steps=50)) == 2
+
+
+class OneProcess:
+    """What StepMetrics asks of an Accelerator, in one process: gather returns its argument."""
+
+    def gather(self, tensors):
+        return tensors
+
+
+def test_step_metrics_are_the_mean_over_micro_batches_of_the_mean_over_pairs():
+    from dpo_edu.train import PairLosses
+
+    metrics = StepMetrics(OneProcess())
+    for losses, chosen, rejected in [([1.0, 3.0], [0.5, 0.1], [0.0, 0.3]), ([5.0], [0.0], [1.0])]:  # a short second micro-batch
+        losses, chosen, rejected = torch.tensor(losses), torch.tensor(chosen), torch.tensor(rejected)
+        metrics.add(PairLosses(losses, chosen, rejected, -chosen, -rejected, losses.mean()), torch.ones(2 * len(losses), 7))
+    record = metrics.record(step=3, steps_total=9, epoch=1, grad_norm=torch.tensor(0.25), lr=1e-4)
+    assert record["step"] == 3 and record["steps_total"] == 9 and record["epoch"] == 1
+    assert record["loss"] == pytest.approx((2.0 + 5.0) / 2)  # not (1 + 3 + 5) / 3
+    assert record["rewards/margins"] == pytest.approx(((0.5 - 0.0 + 0.1 - 0.3) / 2 + (0.0 - 1.0)) / 2)
+    assert record["rewards/accuracies"] == pytest.approx((0.5 + 0.0) / 2)
+    assert record["logps/chosen"] == pytest.approx(-(0.3 + 0.0) / 2)
+    assert record["grad_norm"] == 0.25 and record["lr"] == 1e-4 and record["tokens_per_second"] > 0
+    metrics.start()
+    assert metrics.sums == {} and metrics.micro_batches == 0 and metrics.tokens == 0
+
+
+@pytest.mark.parametrize("bf16_cpu", [True, False])
+def test_one_precision_mapping_for_the_accelerator_and_the_reference_pass(monkeypatch, bf16_cpu):
+    from dpo_edu import utils
+
+    monkeypatch.setattr(utils, "cpu_bf16_supported", lambda: bf16_cpu)
+    cpu = torch.device("cpu")
+    auto = torch.bfloat16 if bf16_cpu else None
+    expected = {"auto": auto, "no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    assert {setting: mixed_precision_dtype(setting, cpu) for setting in MIXED_PRECISION} == expected
+    names = {None: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    assert {setting: resolve_mixed_precision(setting, cpu) for setting in MIXED_PRECISION} == {
+        setting: names[dtype] for setting, dtype in expected.items()}
+
+
+def parts(tokenizer):
+    from transformers import get_scheduler
+
+    model = tiny_model(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, optimizer, get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=4)
+
+
+def test_a_checkpoint_that_fails_half_way_leaves_the_previous_one_and_no_temporary(tokenizer, tmp_path, monkeypatch):
+    model, optimizer, scheduler = parts(tokenizer)
+    state = checkpoint.TrainerState(history=[{"step": 1}], epoch_generator_state=torch.Generator().get_state())
+    config = TrainConfig()
+    first = checkpoint.save(tmp_path, model, optimizer, scheduler, config=config, reference=None, state=state)
+    state.history.append({"step": 2})
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)  # optimizer.pt: after the weights, before trainer_state.json
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(tmp_path, model, optimizer, scheduler, config=config, reference=None, state=state)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["latest", "step-000001"]
+    assert checkpoint.latest_folder(tmp_path) == first and checkpoint.verify(first)["step"] == 1
+    saved = checkpoint.load_latest(tmp_path, config)
+    assert saved.reference_logps() is None and math.isclose(saved.state["scheduler"]["base_lrs"][0], 1e-3)

@@ -53,9 +53,6 @@ class Samples:
     completion_ids: list[list[int]]
     texts: list[str]
 
-    def prompt_of(self, index: int) -> str:
-        return self.prompts[index // self.per_prompt]
-
 
 def _cut_at_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
     """ids up to and including the first EOS; all of them when there is none."""

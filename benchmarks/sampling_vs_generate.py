@@ -85,8 +85,9 @@ def measure(model, tokenizer, prompts, *, per_prompt: int, max_new_tokens: int, 
     runs = {("generate", baseline_rows): lambda: generate_completions(
         model, tokenizer, prompts, per_prompt=per_prompt, max_new_tokens=max_new_tokens, batch_size=baseline_rows)}
     for r in rows:
-        runs[("dpo-edu", r)] = lambda r=r: sample_completions(
-            model, tokenizer, prompts, per_prompt=per_prompt, max_new_tokens=max_new_tokens, batch_size=r).completion_ids
+        runs[("dpo-edu", r)] = lambda r=r: sample_completions(  # float32 like the baseline, on a CPU with bf16 too
+            model, tokenizer, prompts, per_prompt=per_prompt, max_new_tokens=max_new_tokens, batch_size=r,
+            precision="fp32").completion_ids
     results = {key: {"name": key[0], "rows": key[1], "seconds": [], "tokens": []} for key in runs}
     for _ in range(repeats):
         for key, sample in runs.items():

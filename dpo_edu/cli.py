@@ -40,6 +40,8 @@ def _stopped(command: str, error: BaseException, out: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .rewards import RewardError
+    from .rundir import stopped_message
     from .run import LOSS_SETTINGS
     from .run import run as run_pipeline
     from .train import TrainingStopped
@@ -52,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         summary = run_pipeline(args.profile, args.out, model=args.model, pairs=args.pairs, prompts=args.prompts, reward=args.reward,
                                heldout_fraction=args.heldout_fraction, overwrite=args.overwrite, resume=args.resume,
                                progress=not args.quiet, precision=args.precision, loss=loss or None)
+    except RewardError as error:  # the run stopped midway: what it kept, and the way on once the reward works
+        print(f"dpo-edu run: {error}; {stopped_message(args.out, 'run')}", file=sys.stderr)
+        return 2
     except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as error:
         print(f"dpo-edu run: {error}", file=sys.stderr)
         return 2
@@ -92,17 +97,29 @@ def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _fraction(text: str) -> float:
+    """--heldout-fraction's value: a number at least 0 and below 1 (argparse names the flag in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number at least 0 and below 1, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (a share of the rows), got {text}")
+    return value
+
+
 def _input_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("your own data (default: the course's movie-review openings, scored by VADER)")
     group.add_argument("--pairs", default=None, metavar="FILE.jsonl",
                        help="train on your preference pairs (TRL's standard or conversational format, optional chosen_score/"
                             "rejected_score); nothing is sampled")
     group.add_argument("--prompts", default=None, metavar="FILE",
-                       help="your prompts: .txt (one per line) or .jsonl with a 'prompt' field (a string or a list of messages)")
+                       help="your prompts: .txt (one per line), .jsonl with a 'prompt' field (a string or a list of "
+                            "messages), or .json (one array of such rows or of strings, or JSON Lines)")
     group.add_argument("--reward", default=None, metavar="SPEC",
                        help="your reward, module:function or path/to/file.py:function, in TRL's convention "
                             "reward(prompts, completions, **kwargs) -> list[float] (default: VADER sentiment)")
-    group.add_argument("--heldout-fraction", dest="heldout_fraction", type=float, default=None,
+    group.add_argument("--heldout-fraction", dest="heldout_fraction", type=_fraction, default=None, metavar="F",
                        help="share of --pairs rows (or --prompts lines) held out, whole prompts at a time, for evaluation (default 0.1)")
 
 

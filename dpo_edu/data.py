@@ -146,6 +146,9 @@ PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LINE_BYTES = 1_000_000
 SHOWN_LINES = 5  # line numbers listed per kind of skipped row
+ONE_OBJECT_PER_LINE = ("; the file looks like one JSON array, but a pairs file is JSON Lines: one "
+                       "{\"prompt\", \"chosen\", \"rejected\"} object per line "
+                       "(convert it with: jq -c '.[]' FILE.json > FILE.jsonl)")
 
 
 class PreferenceFileError(ValueError):
@@ -198,9 +201,17 @@ def load_preferences(
     Extra fields are kept and ignored. A byte-order mark and CRLF line ends are accepted.
     Returns the kept rows, each a dict with the three texts (and the scores when present).
     """
+    numbered = numbered_preferences(path, require_scores=require_scores, max_line_bytes=max_line_bytes, log=log)
+    return [row for _, row in numbered]
+
+
+def numbered_preferences(
+    path: str | os.PathLike, *, require_scores: bool = False, max_line_bytes: int = MAX_LINE_BYTES, log=print
+) -> list[tuple[int, dict[str, Any]]]:
+    """`load_preferences`, each kept row with its line number in the file: [(line, row), ...]."""
     path = Path(path)
     skipped: dict[str, list[int]] = {}  # reason: line numbers
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     total = 0
     with _open(path) as file:
         for number, raw in enumerate(file, start=1):
@@ -219,9 +230,12 @@ def load_preferences(
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as error:
-                raise _fail(path, number, None, f"not valid JSON ({error.msg} at column {error.colno})") from None
+                hint = ONE_OBJECT_PER_LINE if number == 1 and text.lstrip().startswith("[") else ""
+                raise _fail(path, number, None, f"not valid JSON ({error.msg} at column {error.colno}){hint}") from None
             if not isinstance(row, dict):
-                raise _fail(path, number, None, f"expected a JSON object with {', '.join(PREFERENCE_FIELDS)}, got {type(row).__name__}")
+                hint = ONE_OBJECT_PER_LINE if isinstance(row, list) else ""
+                raise _fail(path, number, None, f"expected a JSON object with {', '.join(PREFERENCE_FIELDS)}, "
+                                                f"got {type(row).__name__}{hint}")
             for field in PREFERENCE_FIELDS:
                 if field not in row:
                     raise _fail(path, number, field, f"missing (a row needs {', '.join(PREFERENCE_FIELDS)})")
@@ -248,7 +262,7 @@ def load_preferences(
             kept = {field: row[field] for field in PREFERENCE_FIELDS}
             if chosen_score is not None:
                 kept.update(chosen_score=chosen_score, rejected_score=rejected_score)
-            rows.append(kept)
+            rows.append((number, kept))
     if not rows:
         raise PreferenceFileError(f"{path}: no usable preference pair ({_describe(skipped, total)})")
     if skipped and log is not None:

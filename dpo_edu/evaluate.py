@@ -25,7 +25,7 @@ from .data import IGNORE_INDEX
 from .generation import Samples, sample_completions
 from .logprobs import sequence_logprobs
 from .rewards import sentiment_rewards
-from .utils import autocast, pad_token_id
+from .utils import autocast, eval_mode, pad_token_id
 
 
 # Sequences per forward pass in the KL's log-probs (at most): 32 completions of ~45 tokens already make large
@@ -90,8 +90,6 @@ def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token
     attention mask is needed); the LM head runs only on positions P-1 to the
     end, which predict the completion tokens (`logits_to_keep`).
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     out = torch.zeros(len(samples.completion_ids))
     for rows in _batches_by_prompt_length(samples, batch_size):
@@ -104,10 +102,9 @@ def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token
             input_ids[row, :n_prompt] = torch.tensor(samples.prompt_ids[i])
             input_ids[row, n_prompt : n_prompt + len(completion)] = completion
             labels[row, 1 : 1 + len(completion)] = completion
-        with autocast(device, precision):
+        with eval_mode(model), autocast(device, precision):  # eval mode: no dropout; the caller's mode after
             logits = model(input_ids=input_ids.to(device), logits_to_keep=1 + n_completion).logits  # (rows, 1 + C, V)
         out[rows] = sequence_logprobs(logits.float(), labels.to(device)).cpu()
-    model.train(was_training)
     return out
 
 

@@ -75,11 +75,15 @@ def frontier(profile: Profile | str | None = None, out: str | Path = "runs/front
     each seed's pairs) and does the rest, with the options the sweep was started with.
     `precision`: as for `dpo_edu.run.run` (auto: bf16 where the hardware has it).
     """
-    folder = RunFolder.check(out, "frontier", overwrite=overwrite, resume=resume)
-    if resume:
-        profile, model, dense, precision = folder.resume_options(profile, model, dense=dense, precision=precision)
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    precision = precision or "auto"
+    with RunFolder.check(out, "frontier", overwrite=overwrite, resume=resume) as folder:  # locked until the sweep ends
+        if resume:
+            profile, model, dense, precision = folder.resume_options(profile, model, dense=dense, precision=precision)
+        profile = profile if isinstance(profile, Profile) else get_profile(profile)
+        return _frontier(folder, profile, dense=dense, model=model, resume=resume, precision=precision or "auto",
+                         log=log)
+
+
+def _frontier(folder: RunFolder, profile: Profile, *, dense: bool, model, resume: bool, precision: str, log) -> dict:
     betas = profile.frontier_dense_betas if dense else profile.frontier_betas
     for beta in betas:  # fail before any work
         for method in METHODS:
@@ -108,8 +112,8 @@ def frontier(profile: Profile | str | None = None, out: str | Path = "runs/front
         "runs": len(_run_keys(profile, betas)), "final": final_table(rows), "beta_orders_kl": beta_orders_kl(rows),
         "odpo_minus_dpo": odpo_minus_dpo(rows), "offsets": offsets, "resumed": resume, "seconds": time.perf_counter() - started,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "frontier.md").write_text(markdown_table(summary), encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")  # last: it is finished
     log(f"done in {summary['seconds']:.0f} s; see {out / 'frontier.md'}")
     return summary
 

@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 
 from .data import tokenize_pair
-from .utils import autocast, staged
+from .utils import autocast, eval_mode, staged
 
 PAIRING_RULES = ("best_vs_worst", "all")
 
@@ -215,8 +215,6 @@ def sample_completions(
         raise ValueError(f"per_prompt and max_new_tokens must be >= 1, got {per_prompt} and {max_new_tokens}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -228,13 +226,12 @@ def sample_completions(
         batch = by_length[start : start + prompts_per_batch]
         # one seed per batch, drawn from the run's seed: a batch does not depend on how many draws earlier ones made
         generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=seeds)))
-        with autocast(device, precision):
+        with eval_mode(model), autocast(device, precision):  # eval mode: no dropout; the caller's mode after
             tokens = _sample_batch(model, [prompt_ids[i] for i in batch], per_prompt, max_new_tokens, temperature, eos, generator)
         rows = iter(tokens.tolist())  # per_prompt rows for each prompt of the batch, in turn
         for i in batch:
             for sample in range(per_prompt):
                 completion_ids[i * per_prompt + sample] = _cut_at_eos(next(rows), eos)
-    model.train(was_training)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     samples_prompt_ids = [ids for ids in prompt_ids for _ in range(per_prompt)]
     return Samples(list(prompts), per_prompt, samples_prompt_ids, completion_ids, texts)

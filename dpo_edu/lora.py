@@ -25,6 +25,7 @@ peft is imported only when a function here is called.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -45,7 +46,11 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_m
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none",
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # PeftModel's __init__ (peft 0.21) reads model.is_gradient_checkpointing, which transformers 5.25 deprecates
+        # for is_activation_checkpointing: peft's call, on the only way to a PeftModel, so only that warning is muted
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def trainable_parameters(model) -> tuple[int, int]:

@@ -398,8 +398,45 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, tr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = _loadable(name_or_path, verify)
+    explicit = name_or_path is not None and str(name_or_path) != HUB_ID  # a model of the user's, not the course's
+    if explicit:
+        _check_other_model(where, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     with quiet_transformers():  # no "Loading weights" bar: the model loads in seconds
-        model = AutoModelForCausalLM.from_pretrained(where, dtype="float32", trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True)
+        model, info = AutoModelForCausalLM.from_pretrained(where, dtype="float32", trust_remote_code=trust_remote_code,
+                                                           use_safetensors=True, output_loading_info=True)
+    if explicit and info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
+        raise ValueError(f"{where}: the checkpoint lacks {len(missing)} of the weights a {type(model).__name__} needs "
+                         f"({shown}), which would start random; pass a causal language model saved with all its "
+                         "weights, its language-model head included")
     return model.to(device or get_device()), tokenizer
+
+
+def _check_other_model(where: str, trust_remote_code: bool) -> None:
+    """A user's model folder or hub id, before its weights load: whole files, a causal LM's config (not T5, BERT).
+
+    Raises ValueError in one line naming the file or the model's class, and what to pass instead.
+    """
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    folder = Path(where)
+    if folder.is_dir():
+        if _parse_fault(folder / "config.json"):
+            raise ValueError(f"{folder / 'config.json'} is not valid JSON (truncated or damaged); copy the model "
+                             "folder again, or save it again with save_pretrained")
+        for weights in sorted(folder.glob("*.safetensors")):
+            if fault := _safetensors_fault(weights):
+                raise ValueError(f"{weights} {fault}: the model folder is damaged; copy it again, or save the model "
+                                 "again with save_pretrained")
+    config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    architectures = list(getattr(config, "architectures", None) or [])
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    known = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not known or (architectures and not causal & set(architectures)):
+        what = architectures[0] if architectures else f"a {config.model_type} model"
+        raise ValueError(f"{where} holds {what}, not a causal language model with its head: dpo-edu trains models "
+                         "that AutoModelForCausalLM loads (SmolLM2, GPT-2, Llama, Qwen, ...); pass such a model's "
+                         "folder or hub id")

@@ -138,39 +138,61 @@ def load_prompts(split: str = "train", path: str | Path | None = None) -> list[s
 
 
 def read_prompts(path: str | Path) -> list:
-    """A user's prompts (`dpo-edu run --prompts`): a .txt file with one prompt per line (blank lines skipped), or a
+    """A user's prompts (`dpo-edu run --prompts`): a .txt file with one prompt per line (blank lines skipped), a
     .jsonl file whose rows have a "prompt" field: a string, or a list of {"role", "content"} messages (TRL's
-    conversational format, continued through the chat template).
+    conversational format, continued through the chat template), or a .json file holding either one JSON array
+    of such rows (or of plain strings) or JSON Lines. Any other suffix is read as text.
 
-    Raises ValueError naming the file, line and field; a missing file is one line naming it.
+    Raises ValueError naming the file, line (or array item) and field; a missing file is one line naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file; pass a .txt file (one prompt per line) or a .jsonl file with a 'prompt' field")
-    prompts = []
     with path.open(encoding="utf-8-sig") as file:
         try:
             lines = list(enumerate(file, start=1))
         except UnicodeDecodeError as error:
             raise ValueError(f"{path}: not UTF-8 ({error.reason} at byte {error.start}); save the file as UTF-8") from None
-    for number, line in lines:
-        if not line.strip():
-            continue
-        if path.suffix != ".jsonl":
-            prompts.append(line.rstrip("\r\n"))
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if not _usable_prompt(prompt):
-            raise ValueError(f"{path}, line {number}, field 'prompt': expected a non-empty string or a list of "
-                             f"{{\"role\", \"content\"}} messages ending with the user's, got {json.dumps(prompt)[:60]}")
-        prompts.append(prompt)
+    if path.suffix in (".json", ".jsonl"):
+        prompts = [_prompt_of(path, where, row) for where, row in _json_rows(path, lines)]
+    else:
+        prompts = [line.rstrip("\r\n") for _, line in lines if line.strip()]
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts
+
+
+def _json_rows(path: Path, lines: list[tuple[int, str]]) -> list[tuple[str, object]]:
+    """(where, row) of a .json file that is one array (or object), else of each non-blank line (JSON Lines)."""
+    if path.suffix == ".json":
+        try:
+            whole = json.loads("".join(line for _, line in lines))
+        except json.JSONDecodeError:
+            whole = None  # more than one JSON value: JSON Lines
+        if isinstance(whole, list):
+            return [(f"item {index}", row) for index, row in enumerate(whole, start=1)]
+        if isinstance(whole, dict):
+            return [("item 1", whole)]
+    rows = []
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); a prompts "
+                             f"file in JSON holds one {{\"prompt\": ...}} object per line (.jsonl), or one array of "
+                             f"them (.json)") from None
+    return rows
+
+
+def _prompt_of(path: Path, where: str, row) -> str | list:
+    """The prompt of one JSON row: its "prompt" field (a string or a conversation), or the row itself if a string."""
+    prompt = row if isinstance(row, str) else row.get("prompt") if isinstance(row, dict) else None
+    if not _usable_prompt(prompt):
+        raise ValueError(f"{path}, {where}, field 'prompt': expected a non-empty string or a list of "
+                         f"{{\"role\", \"content\"}} messages ending with the user's, got {json.dumps(prompt)[:60]}")
+    return prompt
 
 
 def _usable_prompt(prompt) -> bool:

@@ -5,6 +5,7 @@ the CLI saves them as PNG, a notebook displays them.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -108,6 +109,16 @@ def save_figures(figures: dict[str, Figure], folder: Path) -> dict[str, Path]:
     return paths
 
 
+def with_se(value: float, se: float, unit: str, spec: str = ".3f") -> str:
+    """'0.412 ± 0.031', or '0.412 (1 prompt: no SE)' when the SE is undefined (`mean_and_se` of one value: nan)."""
+    return f"{value:{spec}} ± {se:{spec.lstrip('+')}}" if math.isfinite(se) else f"{value:{spec}} (1 {unit}: no SE)"
+
+
+def _in_ses(value: float, se: float) -> str:
+    """' (2.1 SE)': how many standard errors from 0; nothing when the SE is 0 (every pair tied) or undefined."""
+    return f" ({value / se:.1f} SE)" if math.isfinite(se) and se > 0 else ""
+
+
 def _quote(text: str, limit: int = 220) -> str:
     text = " ".join(text.split())
     return (text[:limit] + "…" if len(text) > limit else text).replace("|", "\\|")
@@ -134,10 +145,13 @@ def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequen
         "",
         "| | reference | DPO policy |",
         "|---|---|---|",
-        f"| mean reward ± SE | {ref['reward_mean']:.3f} ± {ref['reward_se']:.3f} | {final['reward_mean']:.3f} ± {final['reward_se']:.3f} |",
-        f"| reward gain ± SE (paired) | | {final['reward_gain']:+.3f} ± {final['reward_gain_se']:.3f} ({final['reward_gain'] / final['reward_gain_se']:.1f} SE) |",
+        f"| mean reward ± SE | {with_se(ref['reward_mean'], ref['reward_se'], 'prompt')} "
+        f"| {with_se(final['reward_mean'], final['reward_se'], 'prompt')} |",
+        f"| reward gain ± SE (paired) | | {with_se(final['reward_gain'], final['reward_gain_se'], 'prompt', '+.3f')}"
+        f"{_in_ses(final['reward_gain'], final['reward_gain_se'])} |",
         f"| win rate against the reference | 50 % | {100 * final['win_rate']:.1f} % |",
-        f"| KL(policy ‖ reference) ± SE, nats (a Monte-Carlo estimate: can dip below 0) | 0 | {final['kl']:.2f} ± {final['kl_se']:.2f} |",
+        f"| KL(policy ‖ reference) ± SE, nats (a Monte-Carlo estimate: can dip below 0) | 0 "
+        f"| {with_se(final['kl'], final['kl_se'], 'prompt', '.2f')} |",
         "",
         f"Step-1 loss {summary['step0_loss']:.4f} (ln 2 = 0.6931) and margin {summary['step0_margin']:.4f}: the policy started as the reference.",
         "",
@@ -187,9 +201,10 @@ def markdown_pairs_report(summary: dict, plot_paths: dict[str, Path], examples: 
             "| | DPO policy |",
             "|---|---|",
             f"| accuracy (chosen reward > rejected reward) | {100 * final['accuracy']:.1f} % |",
-            f"| margin ± SE | {final['margin']:+.3f} ± {final['margin_se']:.3f} |",
+            f"| margin ± SE | {with_se(final['margin'], final['margin_se'], 'pair', '+.3f')} |",
             f"| chosen reward / rejected reward | {final['chosen_reward']:+.3f} / {final['rejected_reward']:+.3f} |",
-            f"| KL(policy ‖ reference) ± SE on their prompts, nats | {final['kl']:.2f} ± {final['kl_se']:.2f} |",
+            f"| KL(policy ‖ reference) ± SE on their prompts, nats "
+            f"| {with_se(final['kl'], final['kl_se'], 'prompt', '.2f')} |",
             "",
         ]
     else:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import inspect
 import math
+import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -52,11 +54,28 @@ def _text(completion) -> str:
     return completion[-1]["content"] if isinstance(completion, list) else completion
 
 
+class RewardError(ValueError):
+    """The reward function failed or misbehaved while scoring; the message names it and what went wrong."""
+
+
+def _import_failure(spec: str, what: str, error: BaseException) -> ValueError:
+    if isinstance(error, SystemExit):
+        return ValueError(f"--reward {spec!r}: importing {what} called sys.exit({error.code}); a reward file must only "
+                          f"define functions at import: put its script part under `if __name__ == \"__main__\":`")
+    return ValueError(f"--reward {spec!r}: importing {what} failed{_where(error)}: {type(error).__name__}: {error}")
+
+
+def _where(error: BaseException) -> str:
+    """' at FILE, line N': where in the user's code `error` was raised (its traceback's last frame)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return f" at {frames[-1].filename}, line {frames[-1].lineno}" if frames else ""
+
+
 def load_reward(spec: str) -> Callable[..., list[float]]:
     """The function named by `spec`: "package.module:function" (importable) or "path/to/file.py:function".
 
     Raises ValueError in one line naming what is wrong (no ':', a file that does
-    not exist, a module that does not import, no such function, not callable).
+    not exist, a module that does not import or exits at import, no such function, not callable).
     """
     location, _, name = spec.rpartition(":")
     if not location or not name:
@@ -69,13 +88,15 @@ def load_reward(spec: str) -> Callable[..., list[float]]:
         module = importlib.util.module_from_spec(module_spec)
         try:
             module_spec.loader.exec_module(module)
-        except Exception as error:
-            raise ValueError(f"--reward {spec!r}: importing {path} failed: {type(error).__name__}: {error}") from error
+        except (Exception, SystemExit) as error:
+            raise _import_failure(spec, str(path), error) from None
     else:
         try:
             module = importlib.import_module(location)
         except ImportError as error:
-            raise ValueError(f"--reward {spec!r}: cannot import module {location!r} ({error})") from error
+            raise ValueError(f"--reward {spec!r}: cannot import module {location!r} ({error})") from None
+        except (Exception, SystemExit) as error:
+            raise _import_failure(spec, f"module {location!r}", error) from None
     function = getattr(module, name, None)
     if function is None:
         raise ValueError(f"--reward {spec!r}: {location} has no {name!r}")
@@ -84,17 +105,44 @@ def load_reward(spec: str) -> Callable[..., list[float]]:
     return function
 
 
+def reward_source(spec: str) -> Path | None:
+    """The Python file `load_reward(spec)` reads the function from (None for a module that is not a .py file)."""
+    location = spec.rpartition(":")[0]
+    if location.endswith(".py"):
+        return Path(location)
+    try:
+        found = importlib.util.find_spec(location)
+    except (ImportError, ValueError):
+        return None
+    return Path(found.origin) if found is not None and str(found.origin).endswith(".py") else None
+
+
+def describe_function(function) -> str:
+    """'reward (my_reward.py, line 3)': a function's name and where it is defined, for messages."""
+    name = getattr(function, "__qualname__", repr(function))
+    try:
+        return f"{name} ({inspect.getsourcefile(function)}, line {inspect.getsourcelines(function)[1]})"
+    except (TypeError, OSError):
+        return name
+
+
 def checked_rewards(reward_fn: Callable[..., list[float]], prompts: Sequence, completions: Sequence) -> list[float]:
-    """`reward_fn(prompts=..., completions=...)` as floats, with one line naming the function if it misbehaves."""
-    name = getattr(reward_fn, "__qualname__", repr(reward_fn))
-    values = reward_fn(prompts=list(prompts), completions=list(completions))
+    """`reward_fn(prompts=..., completions=...)` as floats; RewardError, in one line naming the function, if it raises
+    or misbehaves."""
+    name = describe_function(reward_fn)
+    try:
+        values = reward_fn(prompts=list(prompts), completions=list(completions))
+    except (Exception, SystemExit) as error:
+        raise RewardError(f"reward function {name} raised {type(error).__name__}{_where(error)}: {error}") from None
     try:
         values = [float(value) for value in values]
     except (TypeError, ValueError) as error:
-        raise ValueError(f"reward function {name} must return a list of numbers, got {type(values).__name__} ({error})") from None
+        raise RewardError(f"reward function {name} must return a list of numbers, got {type(values).__name__} "
+                          f"({error})") from None
     if len(values) != len(completions):
-        raise ValueError(f"reward function {name} returned {len(values)} rewards for {len(completions)} completions")
+        raise RewardError(f"reward function {name} returned {len(values)} rewards for {len(completions)} completions")
     bad = [index for index, value in enumerate(values) if not math.isfinite(value)]
     if bad:
-        raise ValueError(f"reward function {name} returned a non-finite reward ({values[bad[0]]}) for completion {bad[0]}")
+        raise RewardError(f"reward function {name} returned a non-finite reward ({values[bad[0]]}) for completion "
+                          f"{bad[0]}")
     return values

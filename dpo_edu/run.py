@@ -14,6 +14,7 @@ conversational format); whole prompts are held out for evaluation.
 
 Writes the run directory:
 
+    DIR/samples.json     (sampled pairs) the reference's samples, written before the reward scores them
     DIR/pairs.jsonl      the training pairs (TRL's standard format; sampled pairs also carry chosen_score, rejected_score)
     DIR/heldout_pairs.jsonl  (--pairs) the pairs held out for evaluation
     DIR/pairs_counts.json how many pairs were formed, dropped or held out; the reference samples' mean reward
@@ -21,14 +22,15 @@ Writes the run directory:
     DIR/metrics.jsonl    one line per optimizer step; evaluation steps carry "eval/..." keys too
     DIR/policy/          the trained policy (safetensors) and its tokenizer: AutoModelForCausalLM.from_pretrained loads it
     DIR/plots/*.png      loss, margins, accuracy; held-out evaluation; reward histograms (a reward to score with)
-    DIR/summary.json     every number of the report, for scripts
     DIR/report.md        the results table, the plots, five held-out prompts before and after
+    DIR/summary.json     every number of the report, for scripts; written last (a folder without it can be resumed)
 
 Notebook 06 walks the same steps cell by cell, calling the same functions.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import time
@@ -39,14 +41,14 @@ import torch
 
 from . import checkpoint, rewards
 from .config import Profile, get_profile
-from .data import load_preferences
+from .data import NoRoomForResponse, TokenSeamError, as_standard, load_preferences, numbered_preferences, tokenize_pair
 from .evaluate import mean_and_se
 from .generation import write_jsonl
 from .models import load_model, model_provenance
 from .prompts import load_prompts, read_prompts
 from .report import (implicit_rewards, markdown_pairs_report, markdown_report, plot_evaluation, plot_pair_evaluation,
                      plot_reward_histograms, plot_training, save_figures)
-from .rundir import RunFolder
+from .rundir import RunFolder, RunFolderError
 from .stages import (MIXED_PRECISION_OF, PairsEvaluator, RewardEvaluator, count_conversational, sample_pairs, save_policy,
                      split_heldout, standard_pairs, train_config)
 from .train import train_dpo
@@ -55,6 +57,13 @@ from .utils import device_name, get_device, precision_dtype, precision_name, see
 # what `loss=` (dpo-edu run --loss-type ... --max-length ...) may set over the profile's TrainConfig
 LOSS_SETTINGS = ("loss_type", "beta", "label_smoothing", "sft_weight", "simpo_gamma", "max_length", "max_prompt_length")
 HELDOUT_FRACTION = 0.1
+
+
+def check_heldout_fraction(value: float | None) -> None:
+    """--heldout-fraction is a share: at least 0 and below 1 (None: the default)."""
+    if value is not None and not 0 <= value < 1:
+        raise ValueError(f"--heldout-fraction must be at least 0 and below 1 (the share of pairs or prompts held "
+                         f"out for evaluation), got {value}")
 
 
 @dataclasses.dataclass
@@ -67,6 +76,7 @@ class Task:
     heldout_prompts: list | None = None
     pairs_file: Path | None = None
     rows: list[dict] | None = None  # the pairs file's rows, read before the model loads
+    lines: dict[int, int] | None = None  # id(row) -> its line in the pairs file, for messages
 
     @classmethod
     def of(cls, profile: Profile, *, pairs=None, prompts=None, reward=None, heldout_fraction: float = HELDOUT_FRACTION,
@@ -78,7 +88,9 @@ class Task:
         if pairs is not None and (prompts is not None or reward is not None):
             raise ValueError("--pairs trains on your pairs; --prompts and --reward sample new ones: give one or the other")
         if pairs is not None:
-            return cls("pairs", pairs_file=Path(pairs), rows=load_preferences(pairs, log=log) if read_pairs else None, reward_name="")
+            numbered = numbered_preferences(pairs, log=log) if read_pairs else []
+            return cls("pairs", pairs_file=Path(pairs), reward_name="", lines={id(row): line for line, row in numbered},
+                       rows=[row for _, row in numbered] if read_pairs else None)
         reward_fn = rewards.load_reward(reward) if reward is not None else rewards.sentiment
         name = reward if reward is not None else "VADER"
         if prompts is None:
@@ -92,6 +104,93 @@ class Task:
         return cls("prompts", reward_fn, name, [row["prompt"] for row in train][: profile.run_train_prompts],
                    [row["prompt"] for row in heldout][: profile.run_heldout_prompts])
 
+
+# ------------------------------------------------------------ the inputs a run started with
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_fingerprints(pairs=None, prompts=None, reward: str | None = None) -> dict[str, dict]:
+    """{"pairs" | "prompts" | "reward": {"file", "sha256"}} of each input file (a reward: its module's source file)."""
+    files = {"pairs": pairs, "prompts": prompts, "reward": rewards.reward_source(reward) if reward else None}
+    return {name: {"file": str(path), "sha256": _sha256(Path(path))} for name, path in files.items()
+            if path is not None and Path(path).is_file()}
+
+
+def check_inputs(folder: RunFolder, current: dict[str, dict]) -> None:
+    """A resumed run reads its inputs again: refuse one that changed since the run's results were made from it.
+
+    The prompts made the samples and the held-out set; the reward scored the pairs once pairs.jsonl exists (before
+    that, a fixed reward is welcome: the saved samples are scored again); a --pairs run trains on its own copies
+    (pairs.jsonl, heldout_pairs.jsonl). What may change is recorded anew.
+    """
+    recorded = folder.options().get("inputs") or {}
+    scored = (folder.path / "pairs.jsonl").is_file()
+    used = {"prompts": "its samples and held-out prompts", "reward": "the scores of its pairs" if scored else None}
+    for name, then in recorded.items():
+        if current.get(name) != then and used.get(name):
+            raise RunFolderError(f"{then['file']} has changed since {folder.path} was started ({used[name]} came "
+                                 f"from the earlier version, sha256 {then['sha256'][:12]}): put that version back, "
+                                 f"or start a new run with --overwrite")
+    if current != recorded:
+        folder.record(inputs=current)
+
+
+# ------------------------------------------------------------ what a --pairs run can train and evaluate on
+
+def usable_split(task: Task, tokenizer, config, profile: Profile, heldout_fraction: float) -> tuple[list, list]:
+    """(training pairs, held-out pairs) of a --pairs file, in TRL's standard format.
+
+    Refuses in one line, before the run folder is touched, a file that leaves
+    nothing to train on, or (with --heldout-fraction above 0) nothing to evaluate on.
+    """
+    train, heldout = split_heldout(task.rows, heldout_fraction, profile.run_seed)
+    if heldout_fraction and not heldout:
+        raise ValueError(f"{task.pairs_file}: all {len(task.rows)} pairs share one prompt, so none can be held out "
+                         "for evaluation; add pairs with other prompts, or pass --heldout-fraction 0 to train without "
+                         "a held-out evaluation")
+    for name, rows in (("training", train), ("held-out", heldout)):
+        if rows:
+            _some_usable(task, tokenizer, config, rows, name)
+    return standard_pairs(tokenizer, train), standard_pairs(tokenizer, heldout)
+
+
+def _some_usable(task: Task, tokenizer, config, rows: list[dict], name: str) -> None:
+    """Raise ValueError naming the file, line, field and the fix when no row of `rows` can be tokenised for training."""
+    problems = []
+    for row in rows:
+        problem = _pair_problem(tokenizer, as_standard(tokenizer, row), config)
+        if problem is None:
+            return
+        problems.append((task.lines.get(id(row)), problem))
+    line, problem = problems[0]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise ValueError(f"{task.pairs_file}, line {line}{problem}{more}; none of the {len(rows)} {name} pairs can be used")
+
+
+def _pair_problem(tokenizer, row: dict, config) -> str | None:
+    """Why `data.tokenize_pair` refuses the pair (", field ...: what; the fix"), or None."""
+    for field in ("chosen", "rejected"):
+        try:
+            tokenize_pair(tokenizer, row["prompt"], row[field], max_length=config.max_length,
+                          max_prompt_length=config.max_prompt_length, use_chat_template=config.use_chat_template)
+        except TokenSeamError:
+            fix = ("end the prompt without that space and start the reply with it" if row["prompt"][-1:] in " \t"
+                   else "end the prompt, or start the reply, differently")
+            return (f", field {field!r}: the prompt's last token merges with the reply's first at "
+                    f"{row['prompt'][-12:]!r} + {row[field][:12]!r}, so the prompt's tokens would change; {fix}")
+        except NoRoomForResponse:
+            return (f", field 'prompt': the prompt leaves no room for a reply in --max-length {config.max_length}; "
+                    "raise --max-length, or lower --max-prompt-length")
+    return None
+
+
+# ------------------------------------------------------------ stages 1-2
 
 def describe_precision(arithmetic: str) -> str:
     """'bf16 autocast (float32 weights)' or 'float32', for logs and reports."""
@@ -107,12 +206,15 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def make_pairs_stage(task: Task, policy, tokenizer, profile: Profile, out: Path, heldout_fraction: float, precision: str,
+def make_pairs_stage(task: Task, policy, tokenizer, profile: Profile, out: Path, split: tuple | None, precision: str,
                      progress: bool) -> tuple[list[dict], dict]:
-    """Stage 1-2: the training pairs, written to out/pairs.jsonl (and out/heldout_pairs.jsonl for --pairs)."""
+    """Stage 1-2: the training pairs, written to out/pairs.jsonl (and out/heldout_pairs.jsonl for --pairs).
+
+    Sampled pairs: the samples are written to out/samples.json before the reward scores them, so a reward that
+    fails loses no sampling (`--resume` scores them again).
+    """
     if task.kind == "pairs":
-        train, heldout = split_heldout(task.rows, heldout_fraction, profile.run_seed)
-        train, heldout = standard_pairs(tokenizer, train), standard_pairs(tokenizer, heldout)
+        train, heldout = split
         counts = {"source": str(task.pairs_file), "pairs": len(train), "heldout_pairs": len(heldout),
                   "conversational": count_conversational(task.rows), "prompts": len({repr(row["prompt"]) for row in train})}
         write_jsonl(heldout, out / "heldout_pairs.jsonl")
@@ -120,7 +222,7 @@ def make_pairs_stage(task: Task, policy, tokenizer, profile: Profile, out: Path,
         train, counts = sample_pairs(policy, tokenizer, task.train_prompts, task.reward, per_prompt=profile.run_samples_per_prompt,
                                      max_new_tokens=profile.run_max_new_tokens, batch_size=profile.run_sample_batch_size,
                                      seed=profile.run_seed, rule=profile.run_pairing, min_gap=profile.run_min_gap,
-                                     precision=precision, progress=progress)
+                                     precision=precision, progress=progress, samples_path=out / "samples.json")
     (out / "pairs_counts.json").write_text(json.dumps(counts, indent=1) + "\n", encoding="utf-8")
     write_jsonl(train, out / "pairs.jsonl")  # the run's first result: --resume starts from here
     return train, counts
@@ -141,37 +243,49 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     """Pairs, training, evaluation and report; returns the summary (also in out/summary.json).
 
     Inputs (see the module docstring): nothing (the course's task), `prompts`
-    (a .txt or .jsonl file) with `reward` ("module:function" or
+    (a .txt, .json or .jsonl file) with `reward` ("module:function" or
     "path/to/file.py:function"), or `pairs` (a .jsonl preference file), of
     which `heldout_fraction` (default 0.1) is held out by prompt; the profile
     caps how many prompts are used (run_train_prompts, run_heldout_prompts).
     `model`: a saved model folder or hub id (default: the course's SmolLM2).
 
-    `out` is a run folder (`dpo_edu.rundir`): an existing one is replaced only
-    with `overwrite=True`, and only if it is a dpo-edu run. Training writes a
-    checkpoint to out/checkpoints every `run_checkpoint_every` steps and on
-    Ctrl-C; `resume=True` continues an interrupted run in `out` with the options
-    it was started with: its pairs if they were written, its last checkpoint if
-    there is one, and ends with the metrics of an uninterrupted run.
+    `out` is a run folder (`dpo_edu.rundir`), locked while the run writes it:
+    an existing one is replaced only with `overwrite=True`, and only if it is
+    a dpo-edu run. Training writes a checkpoint to out/checkpoints every
+    `run_checkpoint_every` steps and on Ctrl-C; `resume=True` continues an
+    interrupted run in `out` with the options it was started with (and refuses
+    an input file that changed since): its samples or pairs if they were
+    written, its last checkpoint if there is one, and ends with the metrics of
+    an uninterrupted run. summary.json is written last: a run without it can be resumed.
     `precision` ("auto", "fp32", "bf16", "fp16"): the autocast of sampling,
     training and evaluation; the weights stay float32 either way.
     `loss`: TrainConfig settings over the profile's (LOSS_SETTINGS), e.g. {"loss_type": "simpo", "beta": 2.0}.
     """
-    folder = RunFolder.check(out, "run", overwrite=overwrite, resume=resume)
-    if resume:
-        profile, model, precision, loss, pairs, prompts, reward, heldout_fraction = folder.resume_options(
-            profile, model, precision=precision, loss=loss, pairs=pairs, prompts=prompts, reward=reward,
-            heldout_fraction=heldout_fraction)
-    profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    precision, heldout_fraction = precision or "auto", HELDOUT_FRACTION if heldout_fraction is None else heldout_fraction
+    check_heldout_fraction(heldout_fraction)
+    with RunFolder.check(out, "run", overwrite=overwrite, resume=resume) as folder:
+        if resume:
+            profile, model, precision, loss, pairs, prompts, reward, heldout_fraction = folder.resume_options(
+                profile, model, precision=precision, loss=loss, pairs=pairs, prompts=prompts, reward=reward,
+                heldout_fraction=heldout_fraction)
+        options = dict(model=model, pairs=pairs, prompts=prompts, reward=reward, precision=precision or "auto",
+                       loss=loss, heldout_fraction=HELDOUT_FRACTION if heldout_fraction is None else heldout_fraction)
+        return _run(folder, profile if isinstance(profile, Profile) else get_profile(profile), resume=resume,
+                    progress=progress, log=log, **options)
+
+
+def _run(folder: RunFolder, profile: Profile, *, model, pairs, prompts, reward, heldout_fraction: float, precision: str,
+         loss: dict | None, resume: bool, progress: bool, log) -> dict:
     unknown = set(loss or {}) - set(LOSS_SETTINGS)
     if unknown:
         raise ValueError(f"loss settings {sorted(unknown)} are not among {', '.join(LOSS_SETTINGS)}")
     config = train_config(profile, mixed_precision=MIXED_PRECISION_OF[precision], **(loss or {}))  # bad settings fail here
-    reuse_pairs = resume and (folder.path / "pairs.jsonl").is_file()
+    out = folder.path
+    reuse_pairs = resume and (out / "pairs.jsonl").is_file()
     task = Task.of(profile, pairs=pairs, prompts=prompts, reward=reward, heldout_fraction=heldout_fraction,
                    read_pairs=not reuse_pairs, log=log)
-    out = folder.path
+    inputs = input_fingerprints(pairs, prompts, reward)
+    if resume:
+        check_inputs(folder, inputs)
     latest = checkpoint.latest_folder(out / "checkpoints") if resume else None
     if latest is not None:
         checkpoint.verify(latest)  # a damaged checkpoint fails now, not after minutes of work
@@ -181,10 +295,12 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     arithmetic = precision_name(precision_dtype(device, precision))
     policy, tokenizer = load_model(model, device=device)  # a missing model fails here, before the run directory is touched
     provenance = model_provenance(model)  # which weights: after loading, so a cache built just now is named with its hash
+    split = usable_split(task, tokenizer, config, profile, heldout_fraction) if task.rows is not None else None
     if not resume:
-        folder.start(profile=profile.name, model=None if model is None else str(model), precision=precision, loss=loss or None,
-                     pairs=None if pairs is None else str(pairs), prompts=None if prompts is None else str(prompts),
-                     reward=reward, heldout_fraction=heldout_fraction if task.kind != "sentiment" else None)
+        folder.start(profile=profile.name, model=None if model is None else str(model), precision=precision,
+                     loss=loss or None, pairs=None if pairs is None else str(pairs),
+                     prompts=None if prompts is None else str(prompts), reward=reward,
+                     heldout_fraction=heldout_fraction if task.kind != "sentiment" else None, inputs=inputs)
     log(f"model {provenance['weights']} on {device_name(device)}, {describe_precision(arithmetic)}; profile {profile.name}; "
         f"{'resuming' if resume else 'writing'} {out}")
     try:
@@ -192,9 +308,13 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
             train_pairs = load_preferences(out / "pairs.jsonl", log=log)
             pair_counts = json.loads((out / "pairs_counts.json").read_text(encoding="utf-8"))
         else:
-            train_pairs, pair_counts = make_pairs_stage(task, policy, tokenizer, profile, out, heldout_fraction, precision, progress)
+            train_pairs, pair_counts = make_pairs_stage(task, policy, tokenizer, profile, out, split, precision,
+                                                        progress)
     except BaseException:
-        folder.abandon()  # a new folder goes, a replaced run comes back
+        if (out / "samples.json").is_file():
+            folder.keep()  # the samples are a result: --resume scores them again
+        else:
+            folder.abandon()  # a new folder goes, a replaced run comes back
         raise
     folder.keep()  # from here on the old run (if --overwrite replaced one) is gone, and this run is resumable
     if latest is None:
@@ -211,8 +331,8 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
         evaluator = RewardEvaluator(policy, tokenizer, task.heldout_prompts, task.reward, **sizes)
     history, train_seconds, eval_seconds = train_stage(policy, tokenizer, train_pairs, config, evaluator, profile, out,
                                                        resume=latest is not None, progress=progress, log=log)
+    shutil.rmtree(out / "policy", ignore_errors=True)  # one a resumed run saved before its report failed
     save_policy(policy, tokenizer, out / "policy")
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # policy/ now holds the result; the optimizer state is 2 GB
     summary = {
         "task": task.kind, "inputs": {"pairs": pairs and str(pairs), "prompts": prompts and str(prompts), "reward": task.reward_name},
         "model": provenance, "device": device_name(device), "precision": arithmetic, "profile": profile.name,
@@ -222,6 +342,8 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
         "seconds": {"pairs": pairs_seconds, "train": train_seconds, "evaluation": eval_seconds, "total": time.perf_counter() - started},
     }
     report_stage(summary, history, evaluator, out)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # policy/ and the report hold the result; optimizer: 2 GB
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")  # last: it is finished
     result = evaluator.describe({f"eval/{key}": value for key, value in summary["final"].items()}) if evaluator else "no held-out pairs"
     log(f"done in {summary['seconds']['total']:.0f} s: {result}; see {out / 'report.md'}")
     return summary
@@ -258,7 +380,9 @@ def train_stage(policy, tokenizer, pairs: list[dict], config, evaluator, profile
 
 
 def report_stage(summary: dict, history: list[dict], evaluator, out: Path) -> None:
-    """Stage 5: plots, summary.json and report.md. A resumed run's earlier evaluations come from metrics.jsonl."""
+    """Stage 5: plots and report.md, and the numbers into `summary` (the caller writes summary.json, last).
+
+    A resumed run's earlier evaluations come from metrics.jsonl."""
     figures = {"training": plot_training(history)}
     examples = []
     if evaluator is not None:
@@ -280,6 +404,5 @@ def report_stage(summary: dict, history: list[dict], evaluator, out: Path) -> No
         figures["heldout"] = plot_pair_evaluation(evaluations)
         examples = [{"prompt": prompt, "after": final["samples"][i]} for i, prompt in enumerate(evaluator.prompts[:5])]
     plot_paths = save_figures(figures, out / "plots")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     report = markdown_report if isinstance(evaluator, RewardEvaluator) else markdown_pairs_report
     (out / "report.md").write_text(report(summary, plot_paths, examples), encoding="utf-8")

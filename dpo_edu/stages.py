@@ -16,15 +16,19 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import Profile
 from .data import as_standard, is_conversational, prompt_text
 from .evaluate import evaluate_policy, format_kl, log_ratios, mean_and_se
-from .generation import make_pairs, sample_completions
+from .generation import Samples, make_pairs, sample_completions
 from .models import load_model
-from .rewards import checked_rewards
+from .report import with_se
+from .rewards import RewardError, checked_rewards, describe_function
 from .train import MIXED_PRECISION_OF, TrainConfig, compute_reference_logps, usable_examples
 from .utils import quiet_transformers, staged
 
@@ -65,22 +69,61 @@ def scorer(reward_fn: RewardFunction, prompts: Sequence) -> Callable[[list[str]]
 
 def sample_pairs(model, tokenizer, prompts: Sequence, reward_fn: RewardFunction, *, per_prompt: int, max_new_tokens: int,
                  batch_size: int, seed: int, rule: str, min_gap: float, precision: str = "auto",
-                 progress: bool = False) -> tuple[list[dict], dict]:
+                 progress: bool = False, samples_path: str | Path | None = None) -> tuple[list[dict], dict]:
     """Sample `per_prompt` completions of each prompt from `model`, score them with `reward_fn`, pair them (`make_pairs`).
 
     Prompts are strings (continued as they are) or conversations (continued
     through the chat template). Returns (pairs in TRL's standard format with
     chosen_score and rejected_score, counts with the samples' mean reward).
+    `samples_path`: the samples are written there before they are scored, and
+    read back instead of sampled when the file exists (a run resumed after its
+    reward failed). Raises RewardError when the scores leave no pair to train on.
     """
     texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
-    samples = sample_completions(model, tokenizer, texts, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, seed=seed, progress=progress, precision=precision)
+    samples = read_samples(samples_path, texts) if samples_path is not None and Path(samples_path).is_file() else None
+    if samples is None:
+        samples = sample_completions(model, tokenizer, texts, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, seed=seed, progress=progress, precision=precision)
+        if samples_path is not None:
+            write_samples(samples, samples_path)
     scores = rewards_of(reward_fn, [prompt for prompt in prompts for _ in range(per_prompt)], samples.texts)
     pairs, counts = make_pairs(samples, scores, rule=rule, min_gap=min_gap, tokenizer=tokenizer)
+    if not pairs:
+        raise RewardError(_why_no_pairs(reward_fn, scores, counts, per_prompt, min_gap))
     mean, se = mean_and_se(scores)
     counts.update(samples=len(scores), sample_reward_mean=mean, sample_reward_se=se,
                   sample_reward_zero_fraction=sum(s == 0 for s in scores) / len(scores))
     return pairs, counts
+
+
+def _why_no_pairs(reward_fn: RewardFunction, scores: list[float], counts: dict, per_prompt: int, min_gap: float) -> str:
+    """Why `make_pairs` made no pair: every score tied, every gap too small, or no usable sample."""
+    name = f"reward function {describe_function(reward_fn)}"
+    if len(set(scores)) == 1:
+        return (f"{name} gave all {len(scores)} samples the same score ({scores[0]:g}), so no sample is better than "
+                f"another and there is nothing to train on; give the reward some spread (better completions must "
+                f"score higher)")
+    if counts["small_gap"]:
+        groups = [scores[i:i + per_prompt] for i in range(0, len(scores), per_prompt)]
+        gap = max(max(group) - min(group) for group in groups)
+        return (f"{name}: no two samples of a prompt differ by at least {min_gap:g} (the profile's run_min_gap; the "
+                f"largest gap is {gap:.3g}), so no pair was made; make the reward's differences larger")
+    return (f"none of the {len(scores)} samples could be paired ({counts['unusable_text']} were empty or did not "
+            f"re-tokenise after their prompt); raise the profile's run_samples_per_prompt or use other prompts")
+
+
+def write_samples(samples: Samples, path: str | Path) -> None:
+    """`samples` as one JSON object (the fields of `Samples`), written all at once."""
+    with staged(path) as staging:
+        staging.write_text(json.dumps(dataclasses.asdict(samples), ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_samples(path: str | Path, prompts: Sequence[str]) -> Samples:
+    """The samples `write_samples` wrote, which must be of `prompts` (ValueError naming the file otherwise)."""
+    samples = Samples(**json.loads(Path(path).read_text(encoding="utf-8")))
+    if samples.prompts != list(prompts):
+        raise ValueError(f"{path} holds samples of other prompts than this run's; delete it to sample again")
+    return samples
 
 
 # ------------------------------------------------------------ stage 2 for --pairs: a user's file, split
@@ -143,8 +186,8 @@ class RewardEvaluator:
 
     @staticmethod
     def describe(row: dict) -> str:
-        return (f"reward {row['eval/reward_mean']:.3f} ± {row['eval/reward_se']:.3f}, win rate {row['eval/win_rate']:.3f}, "
-                f"{format_kl(row['eval/kl'], row['eval/kl_se'])}")
+        return (f"reward {with_se(row['eval/reward_mean'], row['eval/reward_se'], 'prompt')}, "
+                f"win rate {row['eval/win_rate']:.3f}, {format_kl(row['eval/kl'], row['eval/kl_se'])}")
 
 
 class PairsEvaluator:
@@ -193,7 +236,8 @@ class PairsEvaluator:
 
     @staticmethod
     def describe(row: dict) -> str:
-        return (f"held-out pairs: accuracy {row['eval/accuracy']:.3f}, margin {row['eval/margin']:+.3f} ± {row['eval/margin_se']:.3f} "
+        margin = with_se(row["eval/margin"], row["eval/margin_se"], "pair", "+.3f")
+        return (f"held-out pairs: accuracy {row['eval/accuracy']:.3f}, margin {margin} "
                 f"(chosen {row['eval/chosen_reward']:+.3f}, rejected {row['eval/rejected_reward']:+.3f}), "
                 f"{format_kl(row['eval/kl'], row['eval/kl_se'])}")
 

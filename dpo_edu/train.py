@@ -34,7 +34,7 @@ from .data import IGNORE_INDEX, NoRoomForResponse, TokenSeamError, collate_prefe
 from .logprobs import sequence_logprobs
 from .losses import REFERENCE_FREE, check_loss_settings, dpo_loss, odpo_offset
 from . import checkpoint as checkpoints
-from .utils import get_device, pad_token_id, precision_dtype, precision_name, seed_everything
+from .utils import eval_mode, get_device, pad_token_id, precision_dtype, precision_name, seed_everything
 
 # TrainConfig.mixed_precision takes accelerate's names, `--precision` and `dpo_edu.utils.precision_dtype` the course's
 # (float32 is "no" in one, "fp32" in the other); this is the one translation: the course's name -> accelerate's
@@ -59,7 +59,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     epochs: int = 1
     max_steps: int | None = None  # stop early after this many optimizer steps
-    warmup_steps: int = 10
+    warmup_steps: int = 10  # linear warm-up, capped below the run's length (`capped_warmup`)
     max_grad_norm: float = 1.0
     max_length: int = 128
     max_prompt_length: int = 64
@@ -213,20 +213,19 @@ def reference_logps(model, loader: DataLoader, accelerator=None, device=None) ->
     Under several processes each sees a shard of `loader`; the results are
     gathered, so every process holds the log-probs of every pair.
     """
-    was_training = model.training
-    model.eval()
     n = len(loader.dataset)
     chosen, rejected = torch.zeros(n), torch.zeros(n)
-    for batch in loader:
-        if device is not None:  # a loader not prepared by accelerate
-            batch = {key: value.to(device) for key, value in batch.items()}
-        chosen_logps, rejected_logps = pair_logps(model, batch)
-        index = batch["index"]
-        if accelerator is not None:
-            index, chosen_logps, rejected_logps = accelerator.gather_for_metrics((index, chosen_logps, rejected_logps))
-        chosen[index.cpu()] = chosen_logps.float().cpu()
-        rejected[index.cpu()] = rejected_logps.float().cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in loader:
+            if device is not None:  # a loader not prepared by accelerate
+                batch = {key: value.to(device) for key, value in batch.items()}
+            chosen_logps, rejected_logps = pair_logps(model, batch)
+            index = batch["index"]
+            if accelerator is not None:
+                index, chosen_logps, rejected_logps = accelerator.gather_for_metrics(
+                    (index, chosen_logps, rejected_logps))
+            chosen[index.cpu()] = chosen_logps.float().cpu()
+            rejected[index.cpu()] = rejected_logps.float().cpu()
     return chosen, rejected
 
 
@@ -343,6 +342,16 @@ def planned_steps(n_pairs: int, config: TrainConfig, processes: int = 1) -> int:
     """
     micro_batches = math.ceil(math.ceil(n_pairs / config.micro_batch_size) / processes)  # per process and epoch
     return min(config.epochs * math.ceil(micro_batches / config.gradient_accumulation_steps), config.max_steps or math.inf)
+
+
+def capped_warmup(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up of a run of `total_steps` optimizer steps: `warmup_steps`, but at most total_steps - 1.
+
+    The linear schedule gives step k (from 1) the learning rate lr * (k - 1) / warm-up while it warms up, so step 1
+    gets 0: a warm-up as long as the run would leave a one-step run (no more pairs than one batch) training nothing.
+    A run longer than its warm-up is unchanged.
+    """
+    return min(warmup_steps, total_steps - 1)
 
 
 @dataclasses.dataclass
@@ -479,16 +488,55 @@ def _adamw(model, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
 
 
+def _checkpointing_names(model) -> tuple[str, str, str, str]:
+    """The names of activation checkpointing's (is on, enable, disable, enable's kwargs) in the installed transformers.
+
+    transformers 5.25 renamed them from gradient_checkpointing_* to activation_checkpointing_* (the old names warn
+    FutureWarning and go in v6); older versions, the floor 5.6 among them, have only the old names.
+    """
+    old = "gradient_checkpointing"
+    new = "activation_checkpointing" if hasattr(model, "activation_checkpointing_enable") else old
+    return f"is_{new}", f"{new}_enable", f"{new}_disable", f"{new}_kwargs"
+
+
 @contextlib.contextmanager
-def _gradient_checkpointing(model, enabled: bool):
-    """Gradient checkpointing on `model` (unwrapped) inside the block when `enabled`; off again after."""
-    if enabled:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+def activation_checkpointing(model, enabled: bool = True):
+    """Activation (gradient) checkpointing on `model` (unwrapped) inside the block when `enabled`; as it was after."""
+    is_on, enable, disable, kwargs = _checkpointing_names(model)
+    if not enabled or getattr(model, is_on):
+        yield
+        return
+    getattr(model, enable)(**{kwargs: {"use_reentrant": False}})
     try:
         yield
     finally:
-        if enabled:
-            model.gradient_checkpointing_disable()
+        getattr(model, disable)()
+
+
+# what accelerator.prepare sets on the model itself: under mixed precision its forward wrapped in autocast (and the
+# forward it replaced), and in any case its "prepared" mark (with which a later prepare would skip the model)
+_ACCELERATE_ATTRIBUTES = ("forward", "_original_forward", "_is_accelerate_prepared")
+
+
+@contextlib.contextmanager
+def _left_as_it_was(model):
+    """Inside the block `model` may be prepared by accelerate and set to train mode; after it, also after an error
+    or Ctrl-C, it has its own forward, its own train/eval mode, and no attribute of accelerate's.
+
+    Left wrapped, every later call of the caller's model would run in 16 bits. accelerate's own undoing,
+    `unwrap_model(model, keep_fp32_wrapper=False)`, follows `__wrapped__` past the model's own decorators too (1.16:
+    a transformers model then loses `can_return_tuple`, and `model(..., return_dict=False)` fails), so the
+    attributes prepare set are put back as they were instead.
+    """
+    was_training = model.training
+    own = {name: vars(model)[name] for name in _ACCELERATE_ATTRIBUTES if name in vars(model)}
+    try:
+        yield
+    finally:
+        for name in _ACCELERATE_ATTRIBUTES:
+            vars(model).pop(name, None)
+        vars(model).update(own)
+        model.train(was_training)
 
 
 def train_dpo(
@@ -542,39 +590,43 @@ def train_dpo(
     accelerator = _accelerator(config)
     train_loader = _loader(features, config.micro_batch_size, pad_token_id(tokenizer), shuffle=True, seed=config.seed)
     shuffle_generator = train_loader.generator  # its state at an epoch's start fixes that epoch's order
-    model, optimizer, train_loader, reference_loader = accelerator.prepare(
-        model, _adamw(model, config), train_loader, _reference_loader(features, config, pad_token_id(tokenizer)))
-    if reference is None and config.loss_type not in REFERENCE_FREE:
-        with accelerator.autocast(), _adapters_disabled(accelerator.unwrap_model(model)):
-            reference = reference_logps(model, reference_loader, accelerator)  # before any update: the reference
-    total_steps = planned_steps(len(features), config, accelerator.num_processes)
-    # not passed to accelerator.prepare: we step it once per optimizer step ourselves
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=min(config.warmup_steps, total_steps),
-                              num_training_steps=total_steps)
+    # left in reverse: checkpointing as it was, bar closed, file closed, SIGINT's handler back, the model as it was
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_left_as_it_was(model))
+        model, optimizer, train_loader, reference_loader = accelerator.prepare(
+            model, _adamw(model, config), train_loader, _reference_loader(features, config, pad_token_id(tokenizer)))
+        if reference is None and config.loss_type not in REFERENCE_FREE:
+            with accelerator.autocast(), _adapters_disabled(accelerator.unwrap_model(model)):
+                reference = reference_logps(model, reference_loader, accelerator)  # before any update: the reference
+        total_steps = planned_steps(len(features), config, accelerator.num_processes)
+        # not passed to accelerator.prepare: we step it once per optimizer step ourselves
+        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=capped_warmup(config.warmup_steps, total_steps),
+                                  num_training_steps=total_steps)
 
-    state = checkpoints.TrainerState(history=[], epoch_generator_state=shuffle_generator.get_state())
-    if saved is not None:
-        state = checkpoints.resume(saved, accelerator.unwrap_model(model), optimizer, scheduler, metrics_path=metrics_path)
-        if log is not None:
-            log(f"resumed from step {len(state.history)} of {total_steps} ({checkpoint_dir})")
-    history = state.history
-    if len(history) >= total_steps:
-        return history
-    save = functools.partial(checkpoints.save, checkpoint_dir, accelerator.unwrap_model(model), optimizer, scheduler,
-                             config=config, reference=reference, state=state)
-    keeps_checkpoints = checkpoint_dir is not None and accelerator.is_main_process  # one process writes them
-    metrics = StepMetrics(accelerator)
-    model.train()
-    with contextlib.ExitStack() as stack:  # left in reverse: checkpointing off, bar closed, file closed, SIGINT's handler back
+        state = checkpoints.TrainerState(history=[], epoch_generator_state=shuffle_generator.get_state())
+        if saved is not None:
+            state = checkpoints.resume(saved, accelerator.unwrap_model(model), optimizer, scheduler,
+                                       metrics_path=metrics_path)
+            if log is not None:
+                log(f"resumed from step {len(state.history)} of {total_steps} ({checkpoint_dir})")
+        history = state.history
+        if len(history) >= total_steps:
+            return history
+        save = functools.partial(checkpoints.save, checkpoint_dir, accelerator.unwrap_model(model), optimizer,
+                                 scheduler, config=config, reference=reference, state=state)
+        keeps_checkpoints = checkpoint_dir is not None and accelerator.is_main_process  # one process writes them
+        metrics = StepMetrics(accelerator)
+        model.train()
         interrupted = stack.enter_context(checkpoints.interrupt_flag())
         metrics_file = stack.enter_context(open(metrics_path, "a", encoding="utf-8")) if metrics_path else None
         bar = stack.enter_context(tqdm(total=total_steps, initial=len(history), desc="DPO",
                                        disable=not (progress and accelerator.is_main_process)))
-        stack.enter_context(_gradient_checkpointing(accelerator.unwrap_model(model), config.gradient_checkpointing))
+        stack.enter_context(activation_checkpointing(accelerator.unwrap_model(model), config.gradient_checkpointing))
         for epoch, batch in _micro_batches(accelerator, train_loader, shuffle_generator, state, config.epochs):
             with accelerator.accumulate(model):
                 out = pair_losses(model, batch, reference, offsets, config, accelerator)
-                _stop_unless_finite(accelerator, out.loss, step=len(history) + 1, epoch=epoch, checkpoint_dir=checkpoint_dir)
+                _stop_unless_finite(accelerator, out.loss, step=len(history) + 1, epoch=epoch,
+                                    checkpoint_dir=checkpoint_dir)
                 accelerator.backward(out.loss)
                 grad_norm = (accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                              if accelerator.sync_gradients else None)
@@ -593,7 +645,8 @@ def train_dpo(
             where = save() if keeps_checkpoints and due else None
             if stop:
                 raise TrainingStopped(f"interrupted after step {len(history)} of {total_steps}" + (
-                    f"; checkpoint saved in {where}: continue with resume=True (dpo-edu run --resume)" if where else ""))
+                    f"; checkpoint saved in {where}: continue with resume=True (dpo-edu run --resume)"
+                    if where else ""))
             if done:
                 return history
         if keeps_checkpoints:

@@ -59,7 +59,8 @@ TRL_FIELDS: tuple[Row, ...] = (
     Row("max_steps", ("max_steps",), "None -> -1 (TRL's 'not set')."),
     Row("warmup_steps", ("warmup_steps", "lr_scheduler_type"),
         'Linear warm-up, then linear decay to 0 (lr_scheduler_type="linear", TRL\'s default too). A TRL warmup_steps '
-        "below 1 is a fraction of the steps; dpo-edu caps the warm-up at the run's length, TRL does not."),
+        "below 1 is a fraction of the steps; dpo-edu caps the warm-up at the run's length less one step (a one-step "
+        "run then trains at the full rate instead of 0), TRL does not."),
     Row("max_grad_norm", ("max_grad_norm",), "Same (clip the total norm; TRL logs it as grad_norm too)."),
     Row("max_length", ("max_length", "truncation_mode"),
         'truncation_mode="keep_start" (TRL 1.16\'s only non-deprecated mode): prompt + response are cut at '
@@ -68,12 +69,15 @@ TRL_FIELDS: tuple[Row, ...] = (
     Row("max_prompt_length", (),
         "No DPOConfig field in TRL 1.16: TRL never shortens a prompt, dpo-edu keeps a long prompt's last "
         "max_prompt_length tokens. The runs agree when no prompt is longer; else shorten the prompts first."),
-    Row("mixed_precision", ("bf16", "fp16"),
+    Row("mixed_precision", ("bf16", "fp16", "use_cpu"),
         '"no" -> bf16=False, fp16=False; "bf16" -> bf16=True; "fp16" -> fp16=True; "auto" is resolved on this '
-        "machine first. TRL's bf16 defaults to True when fp16 is not set."),
+        "machine first (bf16 on a GPU or CPU that has it, fp16 on other GPUs, else no). TRL's bf16 defaults to True "
+        "when fp16 is not set. Where the course trains on the CPU, use_cpu=True: TRL then trains there too, and "
+        "takes bf16 there (without it, it refuses bf16 on a machine with no bf16 GPU)."),
     Row("gradient_checkpointing", ("activation_checkpointing", "gradient_checkpointing"),
-        "Defaults differ: TRL True, the course False. The installed transformers (5.24) calls it activation_checkpointing "
-        "(gradient_checkpointing, the name TRL's docs use, is its deprecated alias); `to_dpo_config` sets the new name."),
+        "Defaults differ: TRL True, the course False. transformers 5.25 calls it activation_checkpointing "
+        "(gradient_checkpointing, the name TRL's docs use, is its deprecated alias, gone in v6); `to_dpo_config` "
+        "sets whichever name the installed transformers has."),
     Row("use_chat_template", (),
         "No field: TRL applies the chat template to conversational rows (lists of messages), not to strings. "
         "Its tokens then differ from dpo-edu's (TRL renders prompt + response as one conversation with the template's "
@@ -136,7 +140,8 @@ def to_dpo_config(config: TrainConfig, output_dir: str | Path, **overrides: Any)
         loss_type, loss_weights = [config.loss_type, "sft"], [1.0, config.sft_weight]
     fields = {field.name for field in dataclasses.fields(DPOConfig)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    precision = resolve_mixed_precision(config.mixed_precision, get_device())
+    device = get_device()
+    precision = resolve_mixed_precision(config.mixed_precision, device)
     settings = dict(
         output_dir=str(output_dir),
         beta=config.beta,
@@ -156,6 +161,7 @@ def to_dpo_config(config: TrainConfig, output_dir: str | Path, **overrides: Any)
         truncation_mode="keep_start",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        use_cpu=device.type == "cpu",  # as the course's trainer runs; TRL takes bf16 on a CPU only with it
         **{checkpointing: config.gradient_checkpointing},
         seed=config.seed,
         precompute_ref_log_probs=True,

@@ -67,11 +67,22 @@ def _usable_devices() -> str:
     return ", ".join(usable)
 
 
+CPU_BF16_ENV_VAR = "DPO_EDU_CPU_BF16"
+
+
 def cpu_bf16_supported() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast pays off.
 
     Elsewhere (e.g. a CPU with AVX2 only) bf16 is emulated and many times slower than fp32.
+    $DPO_EDU_CPU_BF16 overrides the probe, to test the precision path this CPU does not take: "1" behaves as a CPU
+    with bf16 (so "auto" picks bf16, emulated where the hardware lacks it), "0" as one without; unset or empty: probe.
     """
+    setting = os.environ.get(CPU_BF16_ENV_VAR, "")
+    if setting:
+        if setting not in ("0", "1"):
+            raise ValueError(f"${CPU_BF16_ENV_VAR} is {setting!r}: set it to 1 (behave as a CPU with bf16), "
+                             "0 (as one without), or unset it (probe the hardware)")
+        return setting == "1"
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(probe() for probe in probes if probe is not None)
 
@@ -119,6 +130,17 @@ def autocast(device: torch.device, precision: str = "auto"):
     """
     dtype = precision_dtype(device, precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """`model` in eval mode inside the block; its own mode (train or eval) again after, also after an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def seed_everything(seed: int = 0, *, deterministic: bool = True) -> torch.Generator:

@@ -10,8 +10,10 @@ policy. A second Python, with FLOOR_DIR first on its path, loads that folder and
 the course cache through dpo_edu.models, checks the logits and the tokens are
 the same, builds the tokenizer from the embedded GGUF as a first run would
 (transformers 5.0-5.5 build a different one: 49,157 tokens and a BOS), samples,
-takes one DPO step and saves the model again; this Python then loads what the
-floor saved. Prints one line; exits 1 on any failure.
+takes one DPO step (with activation checkpointing) and saves the model again;
+this Python then loads what the floor saved. Everything compared is float32
+(no autocast, whatever the CPU has): the check is of versions, not precisions.
+Prints one line; exits 1 on any failure.
 """
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ def tokens(tokenizer) -> dict:
 
 
 def fingerprint(model, tokenizer) -> dict:
-    """What two versions must agree on for a model and its tokenizer: the tokens and the logits."""
-    with torch.no_grad():
+    """What two versions must agree on for a model and its tokenizer: the tokens and the logits (float32: versions
+    are compared, not precisions, so no autocast whatever the CPU)."""
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         logits = model(**tokenizer(TEXT, return_tensors="pt")).logits
     return {**tokens(tokenizer), "logits": logits[0].tolist()}
 
@@ -113,8 +116,11 @@ def run_course(work: Path) -> None:
     check("the saved model and tokenizer", fingerprint(model.eval(), tokenizer), expected["saved"])
     check("the course cache's tokenizer", tokens(load_tokenizer()), expected["cache"])
     check("the tokenizer built from the GGUF", tokens(gguf_tokenizer()), expected["cache"])
-    sample_completions(model, tokenizer, [PROMPT], per_prompt=2, max_new_tokens=4)
-    config = TrainConfig(batch_size=2, max_steps=1, warmup_steps=0, max_length=32, max_prompt_length=16)
+    sample_completions(model, tokenizer, [PROMPT], per_prompt=2, max_new_tokens=4, precision="fp32")
+    # float32, as the fingerprints: on a CPU with bf16 "auto" would train in bf16; checkpointing: the floor has only
+    # its old names (gradient_checkpointing_enable), the installed transformers the new ones
+    config = TrainConfig(batch_size=2, max_steps=1, warmup_steps=0, max_length=32, max_prompt_length=16,
+                         mixed_precision="no", gradient_checkpointing=True)
     history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False)
     if not torch.isfinite(torch.tensor(history[0]["loss"])):
         raise AssertionError("the DPO step's loss is not finite")

@@ -56,3 +56,23 @@ def test_run_passes_the_input_options(monkeypatch, tmp_path):
     assert seen["pairs"] == "p.jsonl" and seen["heldout_fraction"] == 0.2 and seen["loss"] == {"max_length": 256}
     assert main(["run", "--out", str(tmp_path / "r"), "--prompts", "p.txt", "--reward", "r.py:reward", "--model", "m"]) == 0
     assert (seen["prompts"], seen["reward"], seen["model"], seen["pairs"]) == ("p.txt", "r.py:reward", "m", None)
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "1.5", "nan", "half"])
+def test_heldout_fraction_is_checked_by_the_parser_naming_the_flag(monkeypatch, capsys, value):
+    import dpo_edu.run
+
+    monkeypatch.setattr(dpo_edu.run, "run", lambda *args, **kwargs: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--pairs", "p.jsonl", "--heldout-fraction", value])
+    assert exit_.value.code == 2
+    assert "argument --heldout-fraction: " in capsys.readouterr().err
+
+
+def test_heldout_fraction_out_of_range_fails_before_any_work(monkeypatch, tmp_path):
+    import dpo_edu.run
+
+    monkeypatch.setattr(dpo_edu.run, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(ValueError, match=r"^--heldout-fraction must be at least 0 and below 1 .*, got 1.0$"):
+        dpo_edu.run.run("smoke", tmp_path / "r", pairs="p.jsonl", heldout_fraction=1.0)
+    assert not (tmp_path / "r").exists()

@@ -85,10 +85,39 @@ def test_cpu_bf16_follows_the_hardware_probes(monkeypatch):
 
     from dpo_edu.utils import cpu_bf16_supported
 
+    monkeypatch.delenv("DPO_EDU_CPU_BF16", raising=False)  # the hardware's answer, not a forced one
     for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda value=avx512_bf16: value, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda value=amx: value, raising=False)
         assert cpu_bf16_supported() is expected
+
+
+@pytest.mark.parametrize("setting, bf16", [("1", True), ("0", False)])
+def test_cpu_bf16_can_be_forced_either_way_to_test_the_other_path(monkeypatch, setting, bf16):
+    """$DPO_EDU_CPU_BF16 overrides the probes, so "auto" takes the path of the other kind of CPU."""
+    from dpo_edu.train import resolve_mixed_precision
+    from dpo_edu.utils import cpu_bf16_supported, precision_dtype
+
+    monkeypatch.setenv("DPO_EDU_CPU_BF16", setting)
+    cpu = torch.device("cpu")
+    for hardware in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: hardware, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: hardware, raising=False)
+        assert cpu_bf16_supported() is bf16
+        assert precision_dtype(cpu, "auto") is (torch.bfloat16 if bf16 else None)
+        assert resolve_mixed_precision("auto", cpu) == ("bf16" if bf16 else "no")
+    monkeypatch.setenv("DPO_EDU_CPU_BF16", "")  # empty: as if unset, the probes decide (the last ones said no)
+    assert cpu_bf16_supported() is False
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "2", " 1", "bf16"])
+def test_a_bad_cpu_bf16_setting_fails_in_one_line_naming_the_variable(monkeypatch, value):
+    from dpo_edu.utils import autocast_dtype
+
+    monkeypatch.setenv("DPO_EDU_CPU_BF16", value)
+    with pytest.raises(ValueError, match=r"^\$DPO_EDU_CPU_BF16 is '[^']*': set it to 1 \(behave as a CPU with bf16\), "
+                                         r"0 \(as one without\), or unset it \(probe the hardware\)$"):
+        autocast_dtype(torch.device("cpu"))
 
 
 def test_staged_writes_are_whole_and_readable_like_any_user_file(tmp_path):

@@ -88,8 +88,8 @@ def test_mean_se_and_win_rate():
 
 
 def test_completion_logps_are_the_sampled_tokens_log_probs(model, tokenizer):
-    samples = sample_completions(model, tokenizer, PROMPTS, per_prompt=2, max_new_tokens=6, seed=3)
-    logps = completion_logps(model, samples, batch_size=4)
+    samples = sample_completions(model, tokenizer, PROMPTS, per_prompt=2, max_new_tokens=6, seed=3, precision="fp32")
+    logps = completion_logps(model, samples, batch_size=4, precision="fp32")  # `expected` is float32
     for i in range(len(samples.texts)):  # one sequence at a time, no padding: the plain textbook computation
         ids = torch.tensor([samples.prompt_ids[i] + samples.completion_ids[i]])
         labels = ids.clone()
@@ -97,6 +97,23 @@ def test_completion_logps_are_the_sampled_tokens_log_probs(model, tokenizer):
         with torch.no_grad():
             expected = sequence_logprobs_plain(model(input_ids=ids).logits, labels)
         assert logps[i].item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_interrupted_sampling_and_scoring_leave_the_model_in_its_own_mode(model, tokenizer):
+    """Ctrl-C in the middle of sampling or scoring used to leave a model that was training in eval mode."""
+    samples = sample_completions(model, tokenizer, PROMPTS, per_prompt=1, max_new_tokens=2, seed=3, precision="fp32")
+    handle = model.register_forward_pre_hook(lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    model.train()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sample_completions(model, tokenizer, PROMPTS, max_new_tokens=2, precision="fp32")
+        assert model.training
+        with pytest.raises(KeyboardInterrupt):
+            completion_logps(model, samples, precision="fp32")
+        assert model.training
+    finally:
+        handle.remove()
+        model.eval()  # the module's fixture is in eval mode
 
 
 def test_evaluation_of_the_reference_against_itself(model, tokenizer):
@@ -196,8 +213,9 @@ def counts_per_prompt(completions, per_prompt):
 
 
 def ours(model, tokenizer, **options):
+    """Our sampler's counts, in float32: the exact probabilities they are tested against are float32's."""
     samples = sample_completions(model, tokenizer, DIGIT_PROMPTS, per_prompt=DRAWS, max_new_tokens=2,
-                                 batch_size=len(DIGIT_PROMPTS) * DRAWS, seed=0, **options)
+                                 batch_size=len(DIGIT_PROMPTS) * DRAWS, seed=0, precision="fp32", **options)
     return counts_per_prompt(samples.completion_ids, DRAWS)
 
 
@@ -343,17 +361,19 @@ def completion_logps_padded_as_before(model, samples, batch_size):
 
 def test_completion_logps_equal_the_padded_computation_they_replace(model, tokenizer):
     prompts = PROMPTS + ["Honestly,", "Let me be blunt:", "The best thing I can say about Velvet Summer is that"]
-    samples = sample_completions(model, tokenizer, prompts, per_prompt=3, max_new_tokens=7, seed=8)
+    samples = sample_completions(model, tokenizer, prompts, per_prompt=3, max_new_tokens=7, seed=8, precision="fp32")
     assert len({len(ids) for ids in samples.prompt_ids}) >= 3  # several prompt lengths, some shared
     samples.completion_ids[4] = samples.completion_ids[4][:2]  # and completions of several lengths
     samples.completion_ids[9] = [tokenizer.eos_token_id]
     before = completion_logps_padded_as_before(model, samples, batch_size=5)
     for batch_size in (1, 4, 32):
         # within 1e-5, give or take the rounding of the float32 sums: about -75 here, where float32's spacing is 7.6e-6
-        torch.testing.assert_close(completion_logps(model, samples, batch_size=batch_size), before, atol=1e-5, rtol=2 * 2**-23)
+        torch.testing.assert_close(completion_logps(model, samples, batch_size=batch_size, precision="fp32"), before,
+                                   atol=1e-5, rtol=2 * 2**-23)
 
 
-@pytest.mark.parametrize("cache", ["static", "dynamic"])  # float32 uses the static one, 16-bit autocast the dynamic one
+# float32 uses the static cache, 16-bit autocast the dynamic one; both are forced here, in float32 (`expected` is)
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
 def test_each_token_is_drawn_from_the_logits_of_its_prompt_and_the_tokens_before_it(model, tokenizer, monkeypatch, cache):
     import dpo_edu.generation as generation
 
@@ -368,7 +388,8 @@ def test_each_token_is_drawn_from_the_logits_of_its_prompt_and_the_tokens_before
 
     monkeypatch.setattr(generation, "_sample_token", recording)
     prompts = sorted(PROMPTS + ["Hi"], key=lambda p: len(tokenizer(p, add_special_tokens=False)["input_ids"]))
-    samples = sample_completions(model, tokenizer, prompts, per_prompt=2, max_new_tokens=5, batch_size=8, seed=9)
+    samples = sample_completions(model, tokenizer, prompts, per_prompt=2, max_new_tokens=5, batch_size=8, seed=9,
+                                 precision="fp32")
     assert len({len(ids) for ids in samples.prompt_ids}) == 4 and all(len(ids) == 5 for ids in samples.completion_ids)
     for row, (prompt_ids, completion_ids) in enumerate(zip(samples.prompt_ids, samples.completion_ids)):
         with torch.no_grad():  # the whole sequence at once, no cache, no padding

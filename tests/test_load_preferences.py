@@ -152,3 +152,13 @@ def test_valid_rows_round_trip(tmp_path, triples):
             load_preferences(path, log=None)
     else:
         assert load_preferences(path, log=None) == wanted
+
+
+@pytest.mark.parametrize("text", ['[{"prompt": "a", "chosen": "b", "rejected": "c"}]', '[\n  {"prompt": "a", "chosen": "b", "rejected": "c"}\n]'])
+def test_a_json_array_says_one_object_per_line_is_expected(tmp_path, text):
+    path = tmp_path / "pairs.json"
+    path.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(PreferenceFileError, match=r"pairs.json, line 1: .*one JSON array, but a pairs file is JSON Lines: "
+                                                  r"one \{\"prompt\", \"chosen\", \"rejected\"\} object per line") as error:
+        load_preferences(path)
+    assert "\n" not in str(error.value)

@@ -16,9 +16,10 @@ EXAMPLES = [
     {"prompt": f"Review {i}:", "chosen": f" lovely film number {i}, warm and funny.", "rejected": f" dull film {i}."}
     for i in range(10)
 ]
-# 10 pairs / 4 = 3 steps (the last one short); LoRA takes a larger learning rate than full fine-tuning
+# 10 pairs / 4 = 3 steps (the last one short); LoRA takes a larger learning rate than full fine-tuning; float32, as
+# the expectations below are (the reference bit for bit, merged weights within float32 rounding)
 CONFIG = dict(learning_rate=1e-2, batch_size=4, gradient_accumulation_steps=2, epochs=1, warmup_steps=0,
-              max_length=48, max_prompt_length=16, seed=5)
+              max_length=48, max_prompt_length=16, mixed_precision="no", seed=5)
 RANK = 4
 MERGE_TOLERANCE = 1e-4  # nats per sequence: merging W + s*B@A changes fp32 rounding, nothing else
 
@@ -155,3 +156,22 @@ def test_resume_with_a_model_set_up_otherwise_says_so(tokenizer, tmp_path):
     with pytest.raises(CheckpointError, match=r"'r': 4.*has adapters .*'r': 8"):
         train_dpo(add_lora(tiny_model(tokenizer), r=8), tokenizer, EXAMPLES, config, progress=False, log=None,
                   checkpoint_dir=tmp_path, resume=True)
+
+
+def test_lora_and_activation_checkpointing_use_no_deprecated_transformers_name(tokenizer):
+    """transformers 5.25 deprecates gradient_checkpointing_enable/disable and is_gradient_checkpointing (FutureWarning,
+    gone in v6): setting up LoRA and training with checkpointing must not call them (peft's own call is silenced)."""
+    import warnings
+
+    def checkpointing(model):
+        return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+
+    config = TrainConfig(**{**CONFIG, "max_steps": 1, "gradient_checkpointing": True})
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("error", message=r".*gradient_checkpointing.*deprecated", category=category)
+        for model in (tiny_model(tokenizer), tiny_lora(tokenizer)):
+            during = []
+            train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None,
+                      on_step=lambda record: during.append(checkpointing(model)))
+            assert during == [True] and not checkpointing(model)  # on for the run, off again after

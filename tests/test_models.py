@@ -323,3 +323,60 @@ def test_loading_shows_no_progress_bars_and_leaves_the_setting_alone(capfd):
     captured = capfd.readouterr()
     assert "Loading weights" not in captured.err + captured.out
     assert hf_logging.is_progress_bar_enabled()  # the user's own setting comes back
+
+
+# ------------------------------------------------------------ a user's --model that is damaged or is no causal LM
+
+def saved(model, folder, tokenizer=None):
+    model.save_pretrained(folder, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_truncated_model_folder_is_named_in_one_line(tmp_path, tokenizer, capsys):
+    from dpo_edu import cli
+
+    folder = saved(tiny_model(tokenizer), tmp_path / "mine", tokenizer)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ValueError, match=r"model.safetensors is truncated \(1,000 bytes.*copy it again, or save the model again"):
+        models.load_model(folder, device="cpu")
+    capsys.readouterr()  # save_pretrained's bar
+    assert cli.main(["run", "--profile", "smoke", "--model", str(folder), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert str(folder / "model.safetensors") in error and "\n" not in error and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["t5", "bert"])
+def test_a_model_that_is_no_causal_lm_is_refused_in_one_line(tmp_path, tokenizer, kind):
+    """T5 once failed listing ~200 config classes; a BERT encoder loaded as BertLMHeadModel with a random head and trained."""
+    from transformers import BertConfig, BertModel, T5Config, T5ForConditionalGeneration
+
+    if kind == "t5":
+        model = T5ForConditionalGeneration(T5Config(vocab_size=64, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
+    else:
+        model = BertModel(BertConfig(vocab_size=64, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    folder = saved(model, tmp_path / kind, tokenizer)
+    with pytest.raises(ValueError, match=rf"holds {type(model).__name__}, not a causal language model with its head") as caught:
+        models.load_model(folder, device="cpu")
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_a_checkpoint_without_its_head_is_refused(tmp_path, tokenizer):
+    """A BERT encoder's weights under a config that names BertLMHeadModel: the head would start random."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, is_decoder=True)
+    folder = saved(BertModel(config), tmp_path / "headless", tokenizer)
+    marker = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**marker, "architectures": ["BertLMHeadModel"]}))
+    with pytest.raises(ValueError, match=r"the checkpoint lacks \d+ of the weights a BertLMHeadModel needs \(cls\.predictions"):
+        models.load_model(folder, device="cpu")
+
+
+def test_a_saved_causal_lm_still_loads(tmp_path, tokenizer):
+    folder = saved(tiny_model(tokenizer, seed=3), tmp_path / "mine", tokenizer)
+    model, _ = models.load_model(folder, device="cpu")
+    assert torch.equal(model.model.embed_tokens.weight, tiny_model(tokenizer, seed=3).model.embed_tokens.weight)

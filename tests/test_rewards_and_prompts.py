@@ -76,3 +76,55 @@ def test_load_prompts_names_the_file_and_line_of_a_bad_row(tmp_path):
         load_prompts(path=path)
     path.write_text('\ufeff{"prompt": "a"}\r\n{"prompt": "b"}\r\n', encoding="utf-8")
     assert load_prompts(path=path) == ["a", "b"]  # a byte-order mark and CRLF line ends are fine
+
+
+def test_a_json_prompts_file_is_read_as_json_lines_or_as_one_array(tmp_path):
+    """A JSONL file named .json was once read as text: every prompt a raw JSON line."""
+    from dpo_edu.prompts import read_prompts
+
+    chat = [{"role": "user", "content": "hi"}]
+    lines = tmp_path / "lines.json"
+    lines.write_text(json.dumps({"prompt": "first"}) + "\n\n" + json.dumps({"prompt": chat}) + "\n", encoding="utf-8")
+    assert read_prompts(lines) == ["first", chat]
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([{"prompt": "first"}, "second", {"prompt": chat}], indent=2), encoding="utf-8")
+    assert read_prompts(array) == ["first", "second", chat]
+    array.write_text(json.dumps([{"prompt": "first"}, {"text": "no prompt"}]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"array.json, item 2, field 'prompt': expected a non-empty string"):
+        read_prompts(array)
+    lines.write_text('{"prompt": "first"}\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"lines.json, line 2: not valid JSON .*one \{\"prompt\": ...\} object per line"):
+        read_prompts(lines)
+    text = tmp_path / "plain.txt"
+    text.write_text('{"prompt": "a JSON line in a .txt file is a prompt like any other"}\n', encoding="utf-8")
+    assert read_prompts(text) == ['{"prompt": "a JSON line in a .txt file is a prompt like any other"}']
+
+
+@pytest.mark.parametrize("body, message", [
+    ("import sys\nsys.exit(3)\n", r"importing .*my_reward.py called sys.exit\(3\); .*if __name__ == \"__main__\""),
+    ("def helper():\n    raise KeyError('api_key')\nhelper()\n", r"importing .*my_reward.py failed at .*my_reward.py, line 2: KeyError"),
+])
+def test_a_reward_module_that_exits_or_fails_at_import_is_one_line(tmp_path, body, message):
+    from dpo_edu.rewards import load_reward
+
+    path = tmp_path / "my_reward.py"
+    path.write_text(body + "\ndef reward(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n")
+    with pytest.raises(ValueError, match=message) as error:
+        load_reward(f"{path}:reward")
+    assert "\n" not in str(error.value)
+
+
+def test_a_reward_that_raises_is_named_with_its_file_and_line(tmp_path):
+    from dpo_edu.rewards import RewardError, checked_rewards, load_reward
+
+    path = tmp_path / "server_reward.py"
+    path.write_text("def reward(prompts, completions, **kwargs):\n    raise RuntimeError('my reward server is down')\n")
+    with pytest.raises(RewardError, match=rf"reward function reward \({path}, line 1\) raised RuntimeError at {path}, "
+                                          r"line 2: my reward server is down$"):
+        checked_rewards(load_reward(f"{path}:reward"), ["p"], ["c"])
+
+    def exits(prompts, completions, **kwargs):
+        raise SystemExit(4)
+
+    with pytest.raises(RewardError, match=r"raised SystemExit"):
+        checked_rewards(exits, ["p"], ["c"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from dpo_edu.cli import main
-from dpo_edu.rundir import MARKER, RunFolder, RunFolderError, check_writable, foreign_entries, stopped_message
+from dpo_edu.rundir import LOCK, MARKER, RunFolder, RunFolderError, check_writable, foreign_entries, stopped_message
 from dpo_edu.utils import staged
 
 
@@ -102,9 +102,9 @@ def test_a_new_folder_is_removed_when_nothing_was_written(tmp_path):
 
 
 def test_an_empty_folder_is_used_and_left_in_place(tmp_path):
-    folder = RunFolder.check(tmp_path, "run")
-    folder.start(profile="smoke", model=None)
-    folder.abandon()
+    with RunFolder.check(tmp_path, "run") as folder:
+        folder.start(profile="smoke", model=None)
+        folder.abandon()
     assert tmp_path.is_dir() and not any(tmp_path.iterdir())
 
 
@@ -166,3 +166,120 @@ def test_resume_keeps_the_recorded_precision_and_refuses_another(tmp_path):
     assert folder.resume_options(None, None, precision="fp32") == ("smoke", None, "fp32")
     with pytest.raises(RunFolderError, match="was started with --precision fp32; resume it without --precision"):
         folder.resume_options(None, None, precision="bf16")
+
+
+def no_model(monkeypatch):
+    """Make loading the model fail the test: each refusal below must come before any work."""
+    from dpo_edu import frontier as frontier_module
+    from dpo_edu import run as run_module
+
+    for module in (run_module, frontier_module):
+        monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def an_interrupted_run(folder: Path) -> Path:
+    a_finished_run(folder)
+    (folder / "summary.json").unlink()
+    (folder / "pairs.jsonl").write_text("{}\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["run", "frontier"])
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys, command):
+    """`--out mythesis --resume` once replaced the thesis's report.md; `--out notebooks --resume` wrote a run into it."""
+    no_model(monkeypatch)
+    thesis = tmp_path / "mythesis"
+    thesis.mkdir()
+    (thesis / "report.md").write_text("# My thesis")  # a name a run writes, so no foreign-file check can catch it
+    notebooks = tmp_path / "notebooks"
+    users_work(notebooks)
+    for folder in (thesis, notebooks):
+        before = listing(folder)
+        assert main([command, "--profile", "smoke", "--out", str(folder), "--resume", "--quiet"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert f"{folder} is not a dpo-edu run folder (no {MARKER}" in error and "\n" not in error, error
+        assert listing(folder) == before  # no file changed, none added (not even a lock file)
+
+
+def test_a_folder_being_written_is_locked_and_named_with_its_holder(tmp_path, monkeypatch, capsys):
+    """Two runs on one folder: the second fails at once, naming the folder and the pid and command of the first."""
+    no_model(monkeypatch)
+    run = an_interrupted_run(tmp_path / "run")
+    before = listing(run)
+    with RunFolder.check(run, "run", resume=True):
+        assert (run / LOCK).read_text().startswith(f"pid {os.getpid()}: ")
+        for flags in (["--resume"], ["--profile", "smoke", "--overwrite"]):
+            assert main(["run", "--out", str(run), "--quiet", *flags]) == 2
+            error = capsys.readouterr().err.strip()
+            assert f"{run} is being written by another dpo-edu run (pid {os.getpid()}: " in error and "\n" not in error
+        with pytest.raises(RunFolderError, match="being written by another dpo-edu run"):
+            RunFolder.check(run, "frontier", overwrite=True)
+    assert listing(run) == before  # the lock file goes with the lock
+
+
+def test_overwrite_keeps_the_lock_while_the_old_run_is_moved_aside(tmp_path):
+    old = a_finished_run(tmp_path / "run")
+    with RunFolder.check(old, "run", overwrite=True) as first:
+        first.start(profile="smoke", model=None)
+        with pytest.raises(RunFolderError, match="being written by another"):  # the new folder is locked as it appears
+            RunFolder.check(old, "run", overwrite=True)
+        first.abandon()  # the old run comes back, still locked by the run that moved it
+        assert (old / "summary.json").is_file()
+        with pytest.raises(RunFolderError, match="being written by another"):
+            RunFolder.check(old, "run", overwrite=True)
+    with RunFolder.check(old, "run", overwrite=True) as second:
+        second.start(profile="smoke", model=None)
+        (old / "pairs.jsonl").write_text("{}\n")
+        second.keep()
+        assert not (tmp_path / "run.old").exists()
+    assert sorted(p.name for p in old.iterdir()) == [MARKER, "pairs.jsonl"]
+
+
+def test_a_killed_run_leaves_no_lock_behind(tmp_path):
+    """flock: the kernel lets go of a dead process's lock (kill -9 included), so a stale lock file blocks nobody."""
+    import signal
+    import subprocess
+    import sys
+
+    run = an_interrupted_run(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dpo_edu.rundir import RunFolder; "
+                               "RunFolder.check(sys.argv[1], 'run', resume=True); print('locked', flush=True); time.sleep(60)",
+                               str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError, match=rf"being written by another dpo-edu run \(pid {holder.pid}: -c "):
+            RunFolder.check(run, "run", resume=True)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (run / LOCK).is_file()  # left by the killed process, but no longer locked
+    with RunFolder.check(run, "run", resume=True):
+        pass
+
+
+def test_resume_names_the_flag_as_typed_and_its_recorded_value(tmp_path):
+    folder = RunFolder.check(tmp_path / "run", "run")
+    folder.start(profile="smoke", model=None, precision="auto", heldout_fraction=0.1, loss={"max_length": 96})
+    for value in (0.5, 0):  # a 0 is a value like any other, not "not given"
+        with pytest.raises(RunFolderError, match=r"was started with --heldout-fraction 0.1; resume it without --heldout-fraction$"):
+            folder.resume_options(None, None, heldout_fraction=value)
+    with pytest.raises(RunFolderError, match=r"was started without --max-prompt-length; resume it without --max-prompt-length$"):
+        folder.resume_options(None, None, loss={"max_prompt_length": 48})
+    with pytest.raises(RunFolderError, match=r"was started with --max-length 96; resume it without --max-length$"):
+        folder.resume_options(None, None, loss={"max_length": 64})
+    assert folder.resume_options(None, None, heldout_fraction=0.1, loss={"max_length": 96}) == ("smoke", None, 0.1, {"max_length": 96})
+    folder.release()
+
+
+def test_overwrite_replaces_a_pairs_run_and_one_stopped_while_scoring(tmp_path):
+    """A --pairs run writes heldout_pairs.jsonl, a sampling run samples.json first: both are a run's own files."""
+    run = a_finished_run(tmp_path / "run")
+    (run / "heldout_pairs.jsonl").write_text("{}\n")
+    (run / "samples.json").write_text("{}")
+    assert foreign_entries(run) == []
+    with RunFolder.check(run, "run", overwrite=True):
+        pass

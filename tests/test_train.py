@@ -1,12 +1,15 @@
 """The trainer on a tiny random Llama (fast); the full run on the real model is notebook 06's job."""
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
 
-from dpo_edu.train import METRIC_NAMES, TrainConfig, train_dpo
+from dpo_edu.train import METRIC_NAMES, TrainConfig, TrainingStopped, train_dpo
 
 EXAMPLES = [
     {"prompt": "Review:", "chosen": "A wonderful film, I loved it.", "rejected": "Awful and dull."},
@@ -51,7 +54,7 @@ def test_gradient_accumulation_matches_one_big_batch(tokenizer):
     for accumulation in (1, 2):
         model = tiny_model(tokenizer, seed=1)
         config = TrainConfig(learning_rate=1e-3, batch_size=4, gradient_accumulation_steps=accumulation, max_steps=1,
-                             warmup_steps=0, max_length=64, max_prompt_length=48, seed=3)
+                             warmup_steps=0, max_length=64, max_prompt_length=48, mixed_precision="no", seed=3)
         history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False)
         assert len(history) == 1
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
@@ -229,7 +232,7 @@ def test_the_trainer_passes_response_lengths(tokenizer):
     import torch.nn.functional as F
 
     config = TrainConfig(loss_type="simpo", beta=2.0, simpo_gamma=0.5, batch_size=4, max_steps=1, warmup_steps=0,
-                         max_length=64, max_prompt_length=48)
+                         max_length=64, max_prompt_length=48, mixed_precision="no")  # `expected` is float32
     model = tiny_model(tokenizer, seed=4)
     features = [tokenize_preference(tokenizer, example, max_length=64, max_prompt_length=48) for example in EXAMPLES]
     batch = collate_preferences(features, pad_token_id(tokenizer))
@@ -255,3 +258,94 @@ def test_reference_free_run_checkpoints_and_resumes(tokenizer, tmp_path):
                   checkpoint_every=1, on_step=crash_at_step_3)
     resumed = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path, resume=True)
     assert [round(r["loss"], 6) for r in resumed] == [round(r["loss"], 6) for r in whole]
+
+
+# ---- the caller's model after train_dpo ----
+
+def press_ctrl_c_at_step_1(record):
+    if record["step"] == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def crash_at_step_1(record):
+    if record["step"] == 1:
+        raise RuntimeError("crash")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("ending, on_step, error", [
+    ("finished", None, None),
+    ("an error", crash_at_step_1, RuntimeError),
+    ("Ctrl-C", press_ctrl_c_at_step_1, TrainingStopped),
+])
+def test_after_bf16_training_the_model_has_its_own_forward_and_mode(tokenizer, mode, ending, on_step, error):
+    """accelerate wraps model.forward in autocast under mixed precision: left there, every later call of the caller's
+    model ran in bf16 (its logits 2.5e-3 from the same weights reloaded), and the model stayed in train mode."""
+    model = tiny_model(tokenizer, seed=4).train(mode == "train")
+    config = TrainConfig(learning_rate=1e-3, batch_size=2, max_steps=2, warmup_steps=0, max_length=64, max_prompt_length=48,
+                         mixed_precision="bf16")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; CI may ignore SIGINT
+    try:
+        with pytest.raises(error) if error else contextlib.nullcontext():
+            train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None, on_step=on_step)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert model.training is (mode == "train"), ending
+    assert vars(model).keys().isdisjoint({"forward", "_original_forward", "_is_accelerate_prepared"}), ending
+    reloaded = tiny_model(tokenizer).train(mode == "train")
+    reloaded.load_state_dict(model.state_dict())
+    ids = torch.tensor([tokenizer("A wonderful film, I loved it.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits), ending
+        # the class's forward with its decorators (accelerate's unwrap_model(keep_fp32_wrapper=False) drops them)
+        assert isinstance(model(input_ids=ids, return_dict=False), tuple), ending
+
+
+def test_the_reference_pass_leaves_the_model_in_its_own_mode_after_ctrl_c(tokenizer):
+    from dpo_edu.train import compute_reference_logps
+
+    model = tiny_model(tokenizer).train()
+    handle = model.register_forward_pre_hook(lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        compute_reference_logps(model, tokenizer, EXAMPLES, TrainConfig(max_length=64, max_prompt_length=48))
+    handle.remove()
+    assert model.training
+
+
+# ---- the warm-up of a short run ----
+
+@pytest.mark.parametrize("pairs", [1, 3])
+def test_a_run_of_one_step_trains_whatever_the_warm_up(tokenizer, pairs):
+    """No more pairs than one batch is one optimizer step; a warm-up as long as the run gave that step lr 0."""
+    model = tiny_model(tokenizer)
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    config = TrainConfig(learning_rate=1e-3, batch_size=4, warmup_steps=10, max_length=64, max_prompt_length=48,
+                         mixed_precision="no")
+    history = train_dpo(model, tokenizer, EXAMPLES[:pairs], config, progress=False, log=None)
+    assert len(history) == 1 and history[0]["lr"] == 1e-3
+    assert any(not torch.equal(parameter, old) for parameter, old in zip(model.parameters(), before))
+
+
+def schedule(warmup: int, total: int) -> list[float]:
+    """The learning rate of each of `total` steps of the linear schedule with `warmup` steps, as train_dpo steps it."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_the_warm_up_is_capped_below_the_run_and_longer_runs_keep_their_schedule():
+    from dpo_edu.train import capped_warmup
+
+    for total in range(1, 13):
+        for warmup in range(0, 13):
+            lrs = schedule(capped_warmup(warmup, total), total)
+            assert max(lrs) > 0, (warmup, total)  # every run trains
+            if total > warmup:  # as before the cap: the same numbers, bit for bit
+                assert lrs == schedule(min(warmup, total), total), (warmup, total)

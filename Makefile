@@ -42,7 +42,7 @@ run: setup
 # Prints s/step, tokens/s, peak RSS and their ratios; bf16 only where the CPU has it in hardware.
 bench: setup $(TRL_STAMP)
 	$(PY) benchmarks/train_vs_trl.py --precision both
-	$(PY) benchmarks/sampling_vs_generate.py --rows 128
+	$(PY) benchmarks/sampling_vs_generate.py --rows 256
 
 # The oldest transformers the package allows (pyproject.toml's floor), with the
 # oldest tokenizers and huggingface_hub that release accepts, installed without
@@ -68,14 +68,17 @@ $(TRL_STAMP): pyproject.toml $(LOCK) | $(STAMP)
 	touch $@
 
 # The floor check, the package's tests, then every notebook top to bottom (nbval, smoke profile).
+# On every core (pytest-xdist), a file to a worker: a notebook's cells run in order in one kernel, and a test file's
+# shared runs (module fixtures) are made once. The floor check builds the model cache before the workers start.
+XDIST := -n auto --dist loadfile
 test: setup $(TRL_STAMP) test-floor
-	DPO_EDU_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
+	DPO_EDU_PROFILE=smoke $(PY) -m pytest $(XDIST) --nbval-lax --nbval-current-env tests notebooks
 
 test-package: setup $(TRL_STAMP)
-	DPO_EDU_PROFILE=smoke $(PY) -m pytest tests
+	DPO_EDU_PROFILE=smoke $(PY) -m pytest $(XDIST) tests
 
 test-notebooks: setup
-	DPO_EDU_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env notebooks
+	DPO_EDU_PROFILE=smoke $(PY) -m pytest $(XDIST) --nbval-lax --nbval-current-env notebooks
 
 # A new lock, kept only if the suite passes with it. `make upgrade`: the newest releases pyproject.toml allows.
 # `make lock`: the current pins wherever pyproject.toml still allows them (after adding or changing a dependency).

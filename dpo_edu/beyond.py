@@ -42,7 +42,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("rDPO (robust)", {"loss_type": "robust", "label_smoothing": 0.2}, "Chowdhury et al. 2024, arXiv:2403.00409",
             "(-(1-ε) log σ(β h) + ε log σ(-β h)) / (1-2ε)"),
     Variant("IPO", {"loss_type": "ipo"}, "Azar et al. 2023, arXiv:2310.12036", "(h_avg - 1/(2β))², log-ratios divided by length"),
-    Variant("hinge (SLiC)", {"loss_type": "hinge"}, "Zhao et al. 2023, arXiv:2305.10425", "max(0, 1 - β h)"),
+    Variant("hinge (RSO)", {"loss_type": "hinge"}, "Liu et al. 2023, arXiv:2309.06657", "max(0, 1 - β h)"),
     Variant("ODPO", {"loss_type": "sigmoid", "offset": 0.5}, "Amini et al. 2024, arXiv:2402.10571", "-log σ(β h - Δ)"),
     Variant("RPO", {"loss_type": "sigmoid", "sft_weight": 1.0}, "Pang et al. 2024, arXiv:2404.19733",
             "-log σ(β h) + w NLL(y_w), NLL per chosen token"),

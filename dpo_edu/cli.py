@@ -128,7 +128,7 @@ def _loss_options(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("loss (dpo_edu.losses; default: the profile's DPO)")
     group.add_argument("--loss-type", dest="loss_type", choices=LOSS_TYPES, default=None,
-                       help="sigmoid (DPO), robust, ipo, hinge (SLiC), simpo or orpo (these two use no reference)")
+                       help="sigmoid (DPO), robust, ipo, hinge (RSO), simpo or orpo (these two use no reference)")
     group.add_argument("--beta", type=float, default=None, help="the loss's beta (default: the profile's)")
     group.add_argument("--label-smoothing", dest="label_smoothing", type=float, default=None,
                        help="the label-noise rate eps for sigmoid (cDPO) or robust")

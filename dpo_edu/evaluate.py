@@ -111,15 +111,20 @@ def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token
 def log_ratios(policy, reference, tokenizer, samples: Samples, *, batch_size: int = 64, precision: str = "auto") -> list[float]:
     """log pi(y|x) - log pi_ref(y|x) of every sample y (drawn from `policy`): their mean estimates KL(policy || reference).
 
-    `reference=None` means the policy IS the reference: every ratio is 0 exactly.
+    `reference=None` means the policy IS the reference: every ratio is 0 exactly. The policy's log-probs are the
+    sampler's own (`samples.logps`, from the logits each token was drawn from) where it kept them; only the
+    reference scores the samples.
     """
     if reference is None:
         return [0.0] * len(samples.completion_ids)
     rows = max(1, min(batch_size // 2, LOGPS_BATCH_SIZE))
     pad = pad_token_id(tokenizer)
-    policy_logps = completion_logps(policy, samples, batch_size=rows, pad_token_id=pad, precision=precision)
+    if samples.logps is not None:
+        policy_logps = torch.tensor(samples.logps, dtype=torch.float64)
+    else:
+        policy_logps = completion_logps(policy, samples, batch_size=rows, pad_token_id=pad, precision=precision).double()
     reference_logps = completion_logps(reference, samples, batch_size=rows, pad_token_id=pad, precision=precision)
-    return (policy_logps - reference_logps).tolist()
+    return (policy_logps - reference_logps.double()).tolist()
 
 
 def evaluate_policy(

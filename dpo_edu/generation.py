@@ -29,6 +29,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +53,9 @@ class Samples:
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     texts: list[str]
+    # log pi(completion | prompt) under the model that drew it, summed over the completion's tokens (EOS included),
+    # from the very logits each token was drawn from; None where the sampler was not asked for them
+    logps: list[float] | None = None
 
 
 def _cut_at_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
@@ -130,8 +134,9 @@ def _kv_cache(model, keys: list[torch.Tensor], values: list[torch.Tensor], per_p
 SAMPLING_BLOCK = 256
 
 
-def _sample_token(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """One token per row from softmax(logits / temperature), in float32: (rows, V) -> (rows,).
+def _sample_token(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(logits / temperature), in float32: (rows, V) -> (rows,), with that softmax
+    (rows, V') (V' >= V: zero-probability columns pad it to whole blocks).
 
     Drawn in two multinomial steps, which give each token exactly its softmax
     probability: a block of SAMPLING_BLOCK consecutive tokens with probability
@@ -147,12 +152,13 @@ def _sample_token(logits: torch.Tensor, temperature: float, generator: torch.Gen
     blocks = probs.view(len(probs), -1, SAMPLING_BLOCK)  # (rows, V / 256, 256)
     block = torch.multinomial(blocks.sum(-1), 1, generator=generator)  # (rows, 1)
     within = blocks.gather(1, block[:, :, None].expand(-1, -1, SAMPLING_BLOCK)).squeeze(1)  # (rows, 256)
-    return (block * SAMPLING_BLOCK + torch.multinomial(within, 1, generator=generator)).squeeze(1)
+    return (block * SAMPLING_BLOCK + torch.multinomial(within, 1, generator=generator)).squeeze(1), probs
 
 
 def _sample_batch(model, prompt_ids: list[list[int]], per_prompt: int, max_new_tokens: int, temperature: float,
-                  eos_token_id: int | None, generator: torch.Generator) -> torch.Tensor:
-    """`per_prompt` samples of each prompt: (n * per_prompt, T) token ids, T <= max_new_tokens, the rows of one prompt adjacent.
+                  eos_token_id: int | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_prompt` samples of each prompt: (n * per_prompt, T) token ids, T <= max_new_tokens, the rows of one prompt
+    adjacent, and each token's log-probability under the model, log softmax(logits) at temperature 1: (rows, T) float32.
 
     The decode loop: sample a token for every row, feed it back, repeat. Step
     t writes slot W + t of the KV cache (`_kv_cache`); the attention mask, cut
@@ -170,10 +176,14 @@ def _sample_batch(model, prompt_ids: list[list[int]], per_prompt: int, max_new_t
     attention_mask = slots >= width - lengths[:, None]  # (rows, W + max_new_tokens): False left of each prompt
     keyword = _cache_keyword(model)
     finished = torch.zeros(len(lengths), dtype=torch.bool, device=logits.device)
-    tokens = []
+    tokens, token_logps = [], []
     for step in range(max_new_tokens):
-        token = _sample_token(logits, temperature, generator)  # (rows,)
+        token, probs = _sample_token(logits, temperature, generator)  # (rows,), (rows, V')
         tokens.append(token)
+        # log pi(token), the model's own log-prob (temperature 1) that the KL estimate needs, from the logits the token
+        # was drawn from: scoring the samples again under the model would cost a forward pass over all of them
+        probs = probs if temperature == 1 else torch.softmax(logits.float(), dim=-1)
+        token_logps.append(probs.gather(1, token[:, None]).squeeze(1).log())
         if eos_token_id is not None:
             finished |= token == eos_token_id
         if step == max_new_tokens - 1 or bool(finished.all()):
@@ -181,7 +191,7 @@ def _sample_batch(model, prompt_ids: list[list[int]], per_prompt: int, max_new_t
         out = model(input_ids=token[:, None], attention_mask=attention_mask[:, : width + step + 1],
                     position_ids=(lengths + step)[:, None], use_cache=True, **{keyword: cache})
         logits = out.logits[:, -1]
-    return torch.stack(tokens, dim=1)
+    return torch.stack(tokens, dim=1), torch.stack(token_logps, dim=1)
 
 
 @torch.no_grad()
@@ -207,7 +217,10 @@ def sample_completions(
     once however many samples it gets. Each batch has its own random generator,
     seeded from `seed` and the batch's index, so the same seed gives the same
     samples on the same device and no batch depends on what another drew.
-    `precision` is the autocast setting (`dpo_edu.utils.autocast`).
+    `precision` is the autocast setting (`dpo_edu.utils.autocast`). `Samples.logps`
+    holds each completion's log-prob under `model` (temperature 1), read off the
+    logits it was drawn from: what `dpo_edu.evaluate.completion_logps` would
+    compute for the model, without a second pass.
     """
     from tqdm.auto import tqdm
 
@@ -222,19 +235,23 @@ def sample_completions(
     prompts_per_batch = max(1, batch_size // per_prompt)
     seeds = torch.Generator().manual_seed(seed)
     completion_ids: list[list[int]] = [[] for _ in range(len(prompts) * per_prompt)]
+    logps: list[float] = [0.0] * len(completion_ids)
     for start in tqdm(range(0, len(prompts), prompts_per_batch), desc="sampling", disable=not progress):
         batch = by_length[start : start + prompts_per_batch]
         # one seed per batch, drawn from the run's seed: a batch does not depend on how many draws earlier ones made
         generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=seeds)))
         with eval_mode(model), autocast(device, precision):  # eval mode: no dropout; the caller's mode after
-            tokens = _sample_batch(model, [prompt_ids[i] for i in batch], per_prompt, max_new_tokens, temperature, eos, generator)
-        rows = iter(tokens.tolist())  # per_prompt rows for each prompt of the batch, in turn
+            tokens, token_logps = _sample_batch(model, [prompt_ids[i] for i in batch], per_prompt, max_new_tokens,
+                                                temperature, eos, generator)
+        rows = iter(zip(tokens.tolist(), token_logps.tolist()))  # per_prompt rows for each prompt of the batch, in turn
         for i in batch:
             for sample in range(per_prompt):
-                completion_ids[i * per_prompt + sample] = _cut_at_eos(next(rows), eos)
+                ids, row_logps = next(rows)
+                completion_ids[i * per_prompt + sample] = kept = _cut_at_eos(ids, eos)
+                logps[i * per_prompt + sample] = math.fsum(row_logps[: len(kept)])
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     samples_prompt_ids = [ids for ids in prompt_ids for _ in range(per_prompt)]
-    return Samples(list(prompts), per_prompt, samples_prompt_ids, completion_ids, texts)
+    return Samples(list(prompts), per_prompt, samples_prompt_ids, completion_ids, texts, logps)
 
 
 def tokenizes_cleanly(tokenizer, prompt: str, completion: str) -> bool:

@@ -71,9 +71,10 @@ class _TokenLogprobs(torch.autograd.Function):
     """Per-token log-probs of the labels, chunked over rows, with a hand-written backward.
 
     forward:  logp_i = z_i[y_i] - logsumexp(z_i)          for each row i of (N, V) logits z
-    backward: dL/dz_i = g_i * (onehot(y_i) - softmax(z_i)) computed a chunk at a time
+    backward: dL/dz_i = g_i * (onehot(y_i) - softmax(z_i)) computed a chunk at a time, in the gradient itself
     Saving only the logits (already alive) and the (N,) log-sum-exps keeps the
-    backward from storing a (N, V) softmax or log-softmax.
+    backward from storing a (N, V) softmax or log-softmax; computing in place keeps
+    it from allocating (and, on a CPU, page-faulting) a temporary per chunk.
     """
 
     @staticmethod
@@ -92,12 +93,22 @@ class _TokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         logits, labels, log_normaliser = ctx.saved_tensors
         grad_logits = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.chunk_rows):
+        # float32 (or float64) logits: each chunk's softmax is computed in place in the gradient itself, with no
+        # temporary per chunk; bf16 / fp16 ones: in float32 in one reused buffer, rounded once into the gradient
+        in_place = logits.dtype == log_normaliser.dtype
+        buffer = None if in_place else torch.empty(min(ctx.chunk_rows, len(logits)), logits.shape[1],
+                                                   dtype=log_normaliser.dtype, device=logits.device)
+        for start in range(0, len(logits), ctx.chunk_rows):
             stop = start + ctx.chunk_rows
-            probs = torch.exp(logits[start:stop].to(log_normaliser.dtype) - log_normaliser[start:stop, None])
-            grad = -probs * grad_output[start:stop, None]
+            chunk, normaliser = logits[start:stop], log_normaliser[start:stop, None]
+            if in_place:
+                grad = torch.sub(chunk, normaliser, out=grad_logits[start:stop])
+            else:  # upcast by copying into the buffer: torch.sub would allocate a float32 copy of the chunk
+                grad = buffer[: len(chunk)].copy_(chunk).sub_(normaliser)
+            grad.exp_().mul_(-grad_output[start:stop, None])  # -g * softmax
             grad.scatter_add_(-1, labels[start:stop, None], grad_output[start:stop, None].to(grad.dtype))
-            grad_logits[start:stop] = grad.to(grad_logits.dtype)
+            if not in_place:
+                grad_logits[start:stop] = grad
         return grad_logits, None, None
 
 

@@ -12,14 +12,14 @@ rho_l likewise, and h = rho_w - rho_l, each differs from DPO in one line:
 |  + sft_weight w | RPO, Pang et al. 2024   | ... + w * NLL(y_w)                                           |
 | robust   | rDPO, Chowdhury et al. 2024    | (-(1-eps) log sigma(beta h) + eps log sigma(-beta h)) / (1-2eps) |
 | ipo      | IPO, Azar et al. 2023          | (h_avg - 1/(2 beta))^2, log-ratios divided by length         |
-| hinge    | SLiC, Zhao et al. 2023         | max(0, 1 - beta h)                                           |
+| hinge    | RSO, Liu et al. 2023           | max(0, 1 - beta h)                                           |
 | simpo    | SimPO, Meng et al. 2024        | -log sigma(beta (logp_w/|y_w| - logp_l/|y_l|) - gamma), no reference |
 | orpo     | ORPO, Hong et al. 2024         | NLL(y_w) - beta log sigma(log odds_w - log odds_l), no reference |
 
 Conventions follow TRL 1.x where TRL has the variant (tests/test_trl_parity.py):
-IPO divides each log-ratio by its response length (what the IPO authors used;
-with lengths None every length is 1, the paper's sequence form, as in the
-bandit); the NLL term is TRL's "sft" loss, the mean over every chosen token
+IPO divides each log-ratio by its response length (TRL's convention; Azar et
+al. 2023 write IPO with whole-sequence log-ratios, which is what lengths None
+gives: every length 1, as in the bandit); the NLL term is TRL's "sft" loss, the mean over every chosen token
 of the batch. cDPO (sigmoid + label_smoothing) is TRL < 0.29's smoothing;
 TRL 1.x dropped it and keeps the unbiased "robust" form.
 """

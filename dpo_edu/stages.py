@@ -161,6 +161,10 @@ class RewardEvaluator:
     The frozen reference is re-loaded from disk (`model_source`) for each
     evaluation and freed after it, so no second copy of the model sits in memory
     during training; a sweep that keeps one frozen copy anyway passes it as `reference=`.
+    An evaluation costs one sample per prompt from the policy (whose log-probs the
+    sampler keeps) and one scoring pass of the reference over those samples; at
+    step 0 (`policy_is_reference=True`) it costs nothing: the reference's samples
+    are the policy's.
     """
     keys = REWARD_EVAL_KEYS
 
@@ -178,11 +182,22 @@ class RewardEvaluator:
         self.results: list[dict] = []
 
     def __call__(self, policy, step: int, *, policy_is_reference: bool = False) -> dict:
-        reference = None if policy_is_reference else self.reference or _reload(self.model_source, policy)
-        result = evaluate_policy(policy, reference, self.tokenizer, self.texts, self.reference_rewards, score=self.score,
-                                 seed=self.seed + 2, precision=self.precision, **self.sizes)
+        if policy_is_reference:  # the policy is the reference: its samples are the ones drawn at construction
+            result = self._reference_result()
+        else:
+            reference = self.reference or _reload(self.model_source, policy)
+            result = evaluate_policy(policy, reference, self.tokenizer, self.texts, self.reference_rewards,
+                                     score=self.score, seed=self.seed + 2, precision=self.precision, **self.sizes)
         self.results.append({"step": step, **result})
         return {f"eval/{key}": result[key] for key in self.keys}
+
+    def _reference_result(self) -> dict:
+        """`evaluate_policy`'s result for the reference itself, from its samples: no gain, a win rate of one half
+        (every comparison with itself a tie) and a KL of 0, exactly; nothing is sampled again."""
+        reward_mean, reward_se = mean_and_se(self.reference_rewards)
+        return {"reward_mean": reward_mean, "reward_se": reward_se, "reward_gain": 0.0, "reward_gain_se": 0.0,
+                "win_rate": 0.5, "kl": 0.0, "kl_se": 0.0, "samples": self.reference_texts,
+                "rewards": self.reference_rewards, "lengths": self.reference_lengths}
 
     @staticmethod
     def describe(row: dict) -> str:

@@ -197,12 +197,15 @@ def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
     Logits only where they are scored: from the first position whose next
     token is a response token to the end (`logits_to_keep`). Prompt positions
     need none, and the LM head (a fifth of SmolLM2's weights) is the costliest
-    layer per position.
+    layer per position. No KV cache (`use_cache=False`): transformers builds one
+    whenever the model's config asks for it (SmolLM2's does), and nothing here
+    generates.
     """
     labels = batch["labels"]  # (2B, T), IGNORE_INDEX on prompt and padding
     first_scored = int((labels != IGNORE_INDEX).any(0).nonzero()[0])  # logits at t - 1 predict the label at t
     keep = labels.shape[1] - first_scored + 1
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
+                   use_cache=False).logits
     return split_chosen_rejected(sequence_logprobs(logits, labels[:, -keep:]))
 
 
@@ -513,6 +516,24 @@ def activation_checkpointing(model, enabled: bool = True):
         getattr(model, disable)()
 
 
+@contextlib.contextmanager
+def sparse_embedding_gradient(model):
+    """Inside the block, an input embedding tied to the LM head (SmolLM2's, 49,152 x 576) gives its gradient as the
+    rows it looked up (`nn.Embedding.sparse`); autograd adds them into the LM head's dense gradient of the same
+    weight, so `.grad` is dense and the same sum, without a zero-filled (V, H) gradient and a second (V, H) sum per
+    step. An untied or frozen embedding is left alone: its `.grad` would be sparse. As it was after the block."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and embedding.weight is getattr(head, "weight", None)
+    if not (isinstance(embedding, torch.nn.Embedding) and tied and embedding.weight.requires_grad) or embedding.sparse:
+        yield
+        return
+    embedding.sparse = True
+    try:
+        yield
+    finally:
+        embedding.sparse = False
+
+
 # what accelerator.prepare sets on the model itself: under mixed precision its forward wrapped in autocast (and the
 # forward it replaced), and in any case its "prepared" mark (with which a later prepare would skip the model)
 _ACCELERATE_ATTRIBUTES = ("forward", "_original_forward", "_is_accelerate_prepared")
@@ -622,6 +643,7 @@ def train_dpo(
         bar = stack.enter_context(tqdm(total=total_steps, initial=len(history), desc="DPO",
                                        disable=not (progress and accelerator.is_main_process)))
         stack.enter_context(activation_checkpointing(accelerator.unwrap_model(model), config.gradient_checkpointing))
+        stack.enter_context(sparse_embedding_gradient(accelerator.unwrap_model(model)))
         for epoch, batch in _micro_batches(accelerator, train_loader, shuffle_generator, state, config.epochs):
             with accelerator.accumulate(model):
                 out = pair_losses(model, batch, reference, offsets, config, accelerator)

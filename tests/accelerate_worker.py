@@ -39,16 +39,6 @@ EXAMPLES = [
 ]
 
 
-def tiny_model(tokenizer):
-    """As in tests/test_checkpoint.py: a 2-layer Llama, hidden size 32, seeded, so every process builds the same one."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-    return LlamaForCausalLM(config)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="TrainConfig fields as a JSON object")
@@ -59,6 +49,7 @@ def main() -> None:
 
     from accelerate import PartialState
 
+    from conftest import tiny_llama  # the tests' tiny Llama: this script's folder, tests/, is first on sys.path
     from dpo_edu import train
     from dpo_edu.models import load_tokenizer
 
@@ -85,7 +76,7 @@ def main() -> None:
     train.pair_logps, train.reference_logps = recording_pair_logps, recording_reference_logps
 
     tokenizer = load_tokenizer()
-    model = tiny_model(tokenizer)
+    model = tiny_llama(len(tokenizer))  # seeded: every process builds the same one
     initial = {name: p.detach().clone().contiguous() for name, p in model.named_parameters()}
     config = train.TrainConfig(**json.loads(args.config))
     history = train.train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None)

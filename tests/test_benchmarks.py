@@ -14,12 +14,10 @@ def load(name: str):
     return module
 
 
-def test_trl_benchmark_pairs_have_one_token_length_so_every_batch_is_the_same_work():
+def test_trl_benchmark_pairs_have_one_token_length_so_every_batch_is_the_same_work(tokenizer):
     from dpo_edu.data import tokenize_preference
-    from dpo_edu.models import load_tokenizer
 
     bench = load("train_vs_trl")
-    tokenizer = load_tokenizer()
     pairs = bench.make_pairs(tokenizer, 16)
     assert len({(p["chosen"], p["rejected"]) for p in pairs}) == 16
     lengths = set()
@@ -29,17 +27,9 @@ def test_trl_benchmark_pairs_have_one_token_length_so_every_batch_is_the_same_wo
     assert lengths == {bench.tokens_per_step() // (2 * bench.PAIRS_PER_STEP)} and max(lengths) < bench.MAX_LENGTH
 
 
-def test_sampling_benchmark_runs_both_samplers_on_the_same_prompts_and_prints_a_table():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from dpo_edu.models import load_tokenizer
-
+def test_sampling_benchmark_runs_both_samplers_on_the_same_prompts_and_prints_a_table(tokenizer, tiny_model):
     bench = load("sampling_vs_generate")
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_model().eval()
     prompts = ["Bring tissues to Velvet Summer, because", "Let me be honest:", "I wanted to like it, but"]
     baseline = bench.generate_completions(model, tokenizer, prompts, per_prompt=2, max_new_tokens=5, batch_size=4)
     assert len(baseline) == 6 and all(1 <= len(ids) <= 5 for ids in baseline)

@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from dpo_edu import beyond, losses
 from dpo_edu.bandit import all_pairs, optimal_policy, total_variation, train_tabular_dpo
 
-torch.set_num_threads(1)
-
 
 def test_registry_covers_every_loss_type_and_renders():
     assert {row.settings["loss_type"] for row in beyond.VARIANTS} == set(losses.LOSS_TYPES)
@@ -34,7 +32,7 @@ def test_variant_losses_are_their_formulas():
         "cDPO": -0.8 * F.logsigmoid(beta * h) - 0.2 * F.logsigmoid(-beta * h),
         "rDPO (robust)": (-0.8 * F.logsigmoid(beta * h) + 0.2 * F.logsigmoid(-beta * h)) / 0.6,
         "IPO": ((pc - rc) / nc - (pr - rr) / nl - 1 / (2 * beta)) ** 2,
-        "hinge (SLiC)": torch.relu(1 - beta * h),
+        "hinge (RSO)": torch.relu(1 - beta * h),
         "ODPO": -F.logsigmoid(beta * h - 0.5),
         "RPO": -F.logsigmoid(beta * h) + nll,
         "SimPO": -F.logsigmoid(beta * (pc / nc - pr / nl) - 0.5),
@@ -92,17 +90,9 @@ PROMPTS = ["Bring tissues to Velvet Summer, because", "The best thing I can say 
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from dpo_edu.models import load_tokenizer
-
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+def tiny(tmp_path_factory, tokenizer, tiny_model):
     path = tmp_path_factory.mktemp("tiny") / "model"
-    LlamaForCausalLM(config).save_pretrained(path)
+    tiny_model().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path, tokenizer
 
@@ -152,18 +142,11 @@ def test_train_variant_dpo_round_and_evaluate(tiny, graded_rewards):
     assert moved["kl"] != 0.0
 
 
-def test_prefix_scores_sum_and_mean_on_a_known_model():
+def test_prefix_scores_sum_and_mean_on_a_known_model(tokenizer, tiny_model):
     """A policy that is the reference has log-ratio 0 at every length; mean_logp is the summed log-prob over L."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from dpo_edu.beyond import prefix_scores
-    from dpo_edu.models import load_tokenizer
 
-    torch.manual_seed(0)
-    tokenizer = load_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
-    model, other = LlamaForCausalLM(config), LlamaForCausalLM(config)
+    model, other = tiny_model(), tiny_model(seed=1)
     prompts, completions = ["The film was", "I thought"], [" a warm and funny story about two old friends", " it"]
     same = prefix_scores(model, model, tokenizer, prompts, completions, lengths=(2, 4))
     assert same[2]["n"] == 1 and same[4]["log_ratio"] == 0.0  # the one-token completion is left out

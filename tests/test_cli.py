@@ -14,10 +14,13 @@ def test_verify_passes_and_prints_each_step(capsys):
     assert "all checks passed" in out
 
 
-def test_verify_fails_when_a_slip_passes(monkeypatch, capsys):
+@pytest.mark.parametrize("step_holds, slip_holds", [(True, True), (False, False)], ids=["a slip holds", "a step fails"])
+def test_verify_fails_when_a_slip_passes(monkeypatch, capsys, step_holds, slip_holds):
     from dpo_edu import derivations
 
-    monkeypatch.setitem(derivations.SLIPS, "a slip that holds", lambda: True)
+    # one step and one slip, each a stand-in for the sympy checks (which the test above runs, and test_derivations.py)
+    monkeypatch.setattr(derivations, "STEPS", {"a step": lambda: step_holds})
+    monkeypatch.setattr(derivations, "SLIPS", {"a slip": lambda: slip_holds})
     assert cli.main(["verify"]) == 1
     assert "SOME CHECKS FAILED" in capsys.readouterr().out
 

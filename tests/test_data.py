@@ -6,13 +6,6 @@ import torch
 from dpo_edu.data import IGNORE_INDEX, collate_preferences, format_prompt, split_chosen_rejected, tokenize_pair, tokenize_preference
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from dpo_edu.models import load_tokenizer
-
-    return load_tokenizer()
-
-
 def varied_pairs(n=100, seed=0):
     """Prompts and responses that stress the seam: whitespace, punctuation, digits, accents, emoji, code, newlines."""
     rng = random.Random(seed)

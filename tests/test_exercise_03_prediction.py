@@ -2,6 +2,7 @@
 import torch
 
 from dpo_edu import exercises as ex
+from dpo_edu.exercises import nb03
 
 RIGHT = {"log_pi_chosen": "either", "log_pi_rejected": "either", "h": "rises"}
 
@@ -64,7 +65,7 @@ def test_the_truth_is_computed_not_stored(monkeypatch, capsys):
             yield (torch.eye(4, dtype=torch.float64), torch.randn(4, generator=generator, dtype=torch.float64),
                    torch.log_softmax(torch.randn(4, generator=generator, dtype=torch.float64), -1), 0, 1)
 
-    monkeypatch.setattr(ex, "_03_random_step_instances", tabular_instances)
+    monkeypatch.setattr(nb03, "_03_random_step_instances", tabular_instances)
     tabular = {"log_pi_chosen": "rises", "log_pi_rejected": "falls", "h": "rises"}
     assert ex.check_03_step_prediction(tabular, first_order_chosen_rises) is True
     assert ex.check_03_step_prediction(RIGHT, first_order_chosen_rises) is False

@@ -121,38 +121,18 @@ def test_the_smoke_frontier_writes_its_figure_table_and_rows(frontier_dir):
     assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet"]) == 2  # never overwritten
 
 
-def test_ctrl_c_keeps_the_finished_runs_and_resume_does_the_rest(frontier_dir, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_keeps_the_finished_runs_and_resume_does_the_rest(frontier_dir, tmp_path, monkeypatch, capsys, ctrl_c):
     """Ctrl-C in the third training run: the two finished runs stay in frontier.jsonl, no traceback, and --resume
     (with the sweep's own profile) ends with the rows of an uninterrupted sweep."""
-    import os
-    import signal
-
     from dpo_edu import frontier as frontier_module
 
-    original, calls = frontier_module.train_dpo, []
-
-    def ctrl_c_in_the_third_run(*args, on_step, **kwargs):
-        calls.append(1)
-
-        def on_step_then_ctrl_c(record):
-            extra = on_step(record)
-            if len(calls) == 3 and record["step"] == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-            return extra
-
-        return original(*args, on_step=on_step_then_ctrl_c, **kwargs)
-
     out = tmp_path / "interrupted"
-    monkeypatch.setattr(frontier_module, "train_dpo", ctrl_c_in_the_third_run)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet", *FP32]) == 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    put_back = ctrl_c(frontier_module, run=3, step=1)
+    assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet", *FP32]) == 130
     error = capsys.readouterr()
     assert f"dpo-edu frontier --out {out} --resume" in error.err and "checkpoint" not in error.out + error.err
     assert sum(bool(row.get("final")) for row in read_rows(out)) == 2
-    monkeypatch.setattr(frontier_module, "train_dpo", original)
+    put_back()
     monkeypatch.setenv("DPO_EDU_PROFILE", "full")
     assert main(["frontier", "--out", str(out), "--resume", "--quiet"]) == 0
 

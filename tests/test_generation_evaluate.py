@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dpo_edu.evaluate import completion_logps, evaluate_policy, mean_and_se, win_rate
+from dpo_edu.evaluate import completion_logps, evaluate_policy, log_ratios, mean_and_se, win_rate
 from dpo_edu.generation import Samples, make_pairs, sample_completions, write_jsonl
 from dpo_edu.logprobs import sequence_logprobs_plain
 
@@ -118,15 +118,79 @@ def test_interrupted_sampling_and_scoring_leave_the_model_in_its_own_mode(model,
 
 def test_evaluation_of_the_reference_against_itself(model, tokenizer):
     reference_rewards = [0.0, 0.5, -0.5]
-    same = evaluate_policy(model, model, tokenizer, PROMPTS, reference_rewards, max_new_tokens=6, seed=4)
-    assert same["kl"] == pytest.approx(0.0, abs=1e-6)  # the same model scores its own samples
-    skipped = evaluate_policy(model, None, tokenizer, PROMPTS, reference_rewards, max_new_tokens=6, seed=4)
+    same = evaluate_policy(model, model, tokenizer, PROMPTS, reference_rewards, max_new_tokens=6, seed=4,
+                           precision="fp32")
+    # the policy's log-probs are the sampler's (one token at a time, over a KV cache), the reference's a full forward
+    # pass: the same model gives the same numbers up to float32 rounding
+    assert same["kl"] == pytest.approx(0.0, abs=1e-5)
+    skipped = evaluate_policy(model, None, tokenizer, PROMPTS, reference_rewards, max_new_tokens=6, seed=4,
+                              precision="fp32")
     assert skipped["kl"] == 0.0 and skipped["rewards"] == same["rewards"]
     assert same["reward_gain"] == pytest.approx(same["reward_mean"] - 0.0)
     assert 0.0 <= same["win_rate"] <= 1.0 and len(same["samples"]) == 3
     assert len(same["lengths"]) == 3 and all(1 <= n <= 6 for n in same["lengths"])  # tokens generated, EOS included
     with pytest.raises(ValueError, match="2 reference rewards for 3 prompts"):
         evaluate_policy(model, None, tokenizer, PROMPTS, [0.0, 0.0])
+
+
+class ForwardCounter:
+    """Counts the forward passes of a model (a hook on its outermost module)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, *args):
+        self.calls += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.handle.remove()
+
+
+def test_the_sampler_keeps_each_completions_log_prob(model, tokenizer):
+    """Samples.logps is log pi(y|x) from the logits each token was drawn from: what scoring the samples gives."""
+    samples = sample_completions(model, tokenizer, PROMPTS, per_prompt=3, max_new_tokens=7, batch_size=4, seed=5,
+                                 precision="fp32")
+    scored = completion_logps(model, samples, precision="fp32")  # float32 on both sides
+    assert len(samples.logps) == 9 and all(logp < 0 for logp in samples.logps)
+    assert torch.allclose(torch.tensor(samples.logps, dtype=torch.float64), scored.double(), atol=1e-4)
+
+
+def test_the_kl_runs_only_the_reference_over_the_policys_samples(model, tokenizer):
+    """The policy's log-probs come from its sampler: a KL estimate costs one scoring pass (the reference's), not two."""
+    import copy
+
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        next(reference.parameters()).add_(0.01)  # another model, so the KL is not 0
+    samples = sample_completions(model, tokenizer, PROMPTS, per_prompt=2, max_new_tokens=5, seed=6, precision="fp32")
+    with ForwardCounter(model) as policy_calls, ForwardCounter(reference) as reference_calls:
+        ratios = log_ratios(model, reference, tokenizer, samples, precision="fp32")
+    assert policy_calls.calls == 0 and reference_calls.calls > 0
+    rescored = completion_logps(model, samples, precision="fp32") - completion_logps(reference, samples, precision="fp32")
+    assert torch.allclose(torch.tensor(ratios, dtype=torch.float64), rescored.double(), atol=1e-4)
+    assert max(abs(r) for r in ratios) > 1e-3  # the check above compared two different models
+
+
+def test_step_zero_is_the_reference_and_samples_nothing_again(model, tokenizer):
+    """At step 0 the policy is the reference: the evaluator reuses the reference's samples drawn at construction."""
+    from dpo_edu.stages import RewardEvaluator
+
+    def reward(prompts, completions, **kwargs):
+        return [float(len(text)) for text in completions]
+
+    evaluator = RewardEvaluator(model, tokenizer, PROMPTS, reward, max_new_tokens=5, batch_size=8, seed=0,
+                                precision="fp32", reference=model)
+    with ForwardCounter(model) as calls:
+        row = evaluator(model, 0, policy_is_reference=True)
+    assert calls.calls == 0
+    mean, se = mean_and_se(evaluator.reference_rewards)
+    assert row == {"eval/reward_mean": mean, "eval/reward_se": se, "eval/reward_gain": 0.0, "eval/reward_gain_se": 0.0,
+                   "eval/win_rate": 0.5, "eval/kl": 0.0, "eval/kl_se": 0.0}
+    assert evaluator.results[0]["samples"] == evaluator.reference_texts
 
 
 def test_a_negative_kl_estimate_is_printed_with_its_se_and_why():

@@ -66,6 +66,18 @@ def test_stable_in_half_precision(dtype):
     assert (lean - reference).abs().max() < (naive - reference).abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_gradient_is_the_float32_one_rounded_once(dtype):
+    """16-bit logits: the backward works in float32 (a chunk at a time, the last one short) and rounds once."""
+    logits, labels = random_batch(vocab=2_000, seed=2)
+    half = logits.to(dtype).requires_grad_(True)
+    full = half.detach().float().requires_grad_(True)
+    weights = torch.randn(3)
+    (sequence_logprobs(half, labels, chunk_rows=7) * weights).sum().backward()  # 57 rows: the last chunk has 1
+    (sequence_logprobs(full, labels, chunk_rows=7) * weights).sum().backward()
+    assert half.grad.dtype == dtype and torch.equal(half.grad, full.grad.to(dtype))
+
+
 def test_fully_masked_row_is_zero():
     logits, labels = random_batch()
     labels[2] = -100
@@ -127,3 +139,17 @@ def test_equals_the_models_cross_entropy(real_model):
             output = model(input_ids=batch["input_ids"][row : row + 1, :length], labels=batch["labels"][row : row + 1, :length])
             n_tokens = int((batch["labels"][row, 1:length] != -100).sum())
             assert ours[row].item() == pytest.approx(-output.loss.item() * n_tokens, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype, extra", [(torch.float32, 0), (torch.bfloat16, 2 * 32 / 256)])
+def test_the_backward_allocates_the_gradient_and_no_temporary_per_chunk(dtype, extra):
+    """What the backward allocates, in units of the logits' size: the gradient (1), and for 16-bit logits one
+    float32 buffer of chunk_rows rows (here 32 of 256 rows, twice the bytes). Temporaries per chunk would add several
+    units: each one is a fresh allocation, which on a CPU is page faults and a pass over memory."""
+    logits = torch.randn(4, 64, 4_096).to(dtype).requires_grad_(True)
+    labels = torch.randint(4_096, (4, 64))
+    total = (sequence_logprobs(logits, labels, chunk_rows=32) * torch.randn(4)).sum()
+    with torch.profiler.profile(profile_memory=True) as profile:
+        total.backward()
+    allocated = sum(event.self_cpu_memory_usage for event in profile.events() if event.self_cpu_memory_usage > 0)
+    assert allocated / (logits.numel() * logits.element_size()) == pytest.approx(1 + extra, abs=0.01)

@@ -25,24 +25,9 @@ MERGE_TOLERANCE = 1e-4  # nats per sequence: merging W + s*B@A changes fp32 roun
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from dpo_edu.models import load_tokenizer
-
-    return load_tokenizer()
-
-
-def tiny_model(tokenizer):
-    """The same random weights every call (as in test_checkpoint.py)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-    return LlamaForCausalLM(config)
-
-
-def tiny_lora(tokenizer):
-    return add_lora(tiny_model(tokenizer), r=RANK, alpha=2 * RANK)
+def tiny_lora(tiny_model):
+    """tiny_lora(): conftest's tiny_model with rank-4 adapters (B = 0: it starts as the base model)."""
+    return lambda: add_lora(tiny_model(), r=RANK, alpha=2 * RANK)
 
 
 def all_logps(model, tokenizer) -> torch.Tensor:
@@ -58,22 +43,22 @@ def all_logps(model, tokenizer) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def trained(tokenizer):
+def trained(tokenizer, tiny_lora):
     """A LoRA policy after 3 steps, the weights it started from, and its metrics."""
-    model = tiny_lora(tokenizer)
+    model = tiny_lora()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     history = train_dpo(model, tokenizer, EXAMPLES, TrainConfig(**CONFIG), progress=False, log=None)
     assert len(history) == 3
     return model, before, history
 
 
-def test_only_the_adapters_are_trainable(tokenizer):
-    base_total = sum(p.numel() for p in tiny_model(tokenizer).parameters())
-    model = tiny_lora(tokenizer)
+def test_only_the_adapters_are_trainable(tiny_lora, tiny_model):
+    base_total = sum(p.numel() for p in tiny_model().parameters())
+    model = tiny_lora()
     # r * (in + out) per projection: q 32+32, k 32+16, v 32+16, o 32+32, gate 32+64, up 32+64, down 64+32 = 512; 2 layers
     assert trainable_parameters(model) == (RANK * 512 * 2, base_total + RANK * 512 * 2)
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
-    assert is_peft_model(model) and not is_peft_model(tiny_model(tokenizer))
+    assert is_peft_model(model) and not is_peft_model(tiny_model())
 
 
 def test_lora_starts_at_the_reference_and_changes_only_the_adapters(trained):
@@ -90,20 +75,20 @@ def test_lora_starts_at_the_reference_and_changes_only_the_adapters(trained):
     assert all(p.abs().max() > 0 for name, p in model.named_parameters() if "lora_B" in name)
 
 
-def test_with_adapters_disabled_the_policy_is_the_reference_exactly(tokenizer, trained):
+def test_with_adapters_disabled_the_policy_is_the_reference_exactly(tokenizer, trained, tiny_model):
     model = trained[0]
-    reference = all_logps(tiny_model(tokenizer), tokenizer)  # a fresh copy of the base weights, no peft at all
+    reference = all_logps(tiny_model(), tokenizer)  # a fresh copy of the base weights, no peft at all
     with model.disable_adapter():
         assert torch.equal(all_logps(model, tokenizer), reference)
     assert (all_logps(model, tokenizer) - reference).abs().max() > 1e-3  # adapters on: the trained policy
 
 
-def test_train_dpo_takes_the_reference_of_a_trained_adapter_from_the_base_model(tokenizer, trained, tmp_path):
+def test_train_dpo_takes_the_reference_of_a_trained_adapter_from_the_base_model(tokenizer, trained, tmp_path, tiny_model):
     """Training an already-trained adapter further: the reference must be the base model, not the current policy."""
     model = copy.deepcopy(trained[0])
     config = TrainConfig(**{**CONFIG, "max_steps": 1})
     history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path)
-    expected = compute_reference_logps(tiny_model(tokenizer), tokenizer, EXAMPLES, config)  # same loader, plain base model
+    expected = compute_reference_logps(tiny_model(), tokenizer, EXAMPLES, config)  # same loader, plain base model
     saved = load_latest(tmp_path, config).reference
     assert torch.equal(saved[0], expected[0]) and torch.equal(saved[1], expected[1])
     assert abs(history[0]["rewards/margins"]) > 1e-4  # the policy already differs from its reference at step 1
@@ -125,15 +110,15 @@ def test_merged_policy_loads_without_peft_and_gives_the_same_logps(tokenizer, tr
         merged(loaded)
 
 
-def test_a_lora_run_resumes_from_its_checkpoint_like_an_uninterrupted_run(tokenizer, trained, tmp_path):
+def test_a_lora_run_resumes_from_its_checkpoint_like_an_uninterrupted_run(tokenizer, trained, tmp_path, tiny_lora):
     def crash(record):
         if record["step"] == 2:
             raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError, match="power cut"):
-        train_dpo(tiny_lora(tokenizer), tokenizer, EXAMPLES, TrainConfig(**CONFIG), progress=False, log=None,
+        train_dpo(tiny_lora(), tokenizer, EXAMPLES, TrainConfig(**CONFIG), progress=False, log=None,
                   checkpoint_dir=tmp_path, checkpoint_every=1, on_step=crash)
-    resumed_model = tiny_lora(tokenizer)
+    resumed_model = tiny_lora()
     resumed = train_dpo(resumed_model, tokenizer, EXAMPLES, TrainConfig(**CONFIG), progress=False, log=None,
                         checkpoint_dir=tmp_path, resume=True)
     expected = trained[2]
@@ -146,19 +131,19 @@ def test_a_lora_run_resumes_from_its_checkpoint_like_an_uninterrupted_run(tokeni
         assert torch.allclose(got, want, rtol=0, atol=1e-6), name
 
 
-def test_resume_with_a_model_set_up_otherwise_says_so(tokenizer, tmp_path):
+def test_resume_with_a_model_set_up_otherwise_says_so(tokenizer, tmp_path, tiny_lora, tiny_model):
     from dpo_edu.checkpoint import CheckpointError
 
     config = TrainConfig(**{**CONFIG, "max_steps": 1})
-    train_dpo(tiny_lora(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path)
+    train_dpo(tiny_lora(), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match=r"trained with adapters .*'r': 4.* has no adapters \(full fine-tuning\).*add_lora"):
-        train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path, resume=True)
+        train_dpo(tiny_model(), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(CheckpointError, match=r"'r': 4.*has adapters .*'r': 8"):
-        train_dpo(add_lora(tiny_model(tokenizer), r=8), tokenizer, EXAMPLES, config, progress=False, log=None,
+        train_dpo(add_lora(tiny_model(), r=8), tokenizer, EXAMPLES, config, progress=False, log=None,
                   checkpoint_dir=tmp_path, resume=True)
 
 
-def test_lora_and_activation_checkpointing_use_no_deprecated_transformers_name(tokenizer):
+def test_lora_and_activation_checkpointing_use_no_deprecated_transformers_name(tokenizer, tiny_lora, tiny_model):
     """transformers 5.25 deprecates gradient_checkpointing_enable/disable and is_gradient_checkpointing (FutureWarning,
     gone in v6): setting up LoRA and training with checkpointing must not call them (peft's own call is silenced)."""
     import warnings
@@ -170,7 +155,7 @@ def test_lora_and_activation_checkpointing_use_no_deprecated_transformers_name(t
     with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("error", message=r".*gradient_checkpointing.*deprecated", category=category)
-        for model in (tiny_model(tokenizer), tiny_lora(tokenizer)):
+        for model in (tiny_model(), tiny_lora()):
             during = []
             train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None,
                       on_step=lambda record: during.append(checkpointing(model)))

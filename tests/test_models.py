@@ -85,23 +85,8 @@ def test_no_remote_code_and_no_pickled_weights(monkeypatch):
 BROKEN_FILES = ["model.safetensors", "config.json", "tokenizer.json"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    """The real SmolLM2 tokenizer (from the real cache, which `make test` builds once)."""
-    return models.load_tokenizer()
-
-
-def tiny_model(tokenizer, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)
-    return LlamaForCausalLM(config)
-
-
 @pytest.fixture
-def gguf(tmp_path, monkeypatch, tokenizer):
+def gguf(tmp_path, monkeypatch, tokenizer, tinier_model):
     """A stand-in for the embedded GGUF: 'de-quantising' it gives a tiny random Llama; `gguf.builds` counts them."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("DPO_EDU_CACHE", str(tmp_path / "cache"))
@@ -109,7 +94,7 @@ def gguf(tmp_path, monkeypatch, tokenizer):
 
     def dequantise(path):
         fake.builds += 1
-        return tiny_model(tokenizer), tokenizer
+        return tinier_model(), tokenizer
 
     monkeypatch.setattr(models, "_dequantise", dequantise, raising=False)
     monkeypatch.setattr(models, "gguf_path", lambda: fake.path)
@@ -117,10 +102,10 @@ def gguf(tmp_path, monkeypatch, tokenizer):
 
 
 @pytest.fixture
-def legacy_cache(gguf, tokenizer):
+def legacy_cache(gguf, tokenizer, tinier_model):
     """A cache as the previous dpo-edu wrote it: save_pretrained output, no marker file."""
     folder = models.cached_model_dir()
-    tiny_model(tokenizer).save_pretrained(folder, safe_serialization=True)
+    tinier_model().save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -273,10 +258,10 @@ def test_damaged_marker_is_a_broken_cache(built_cache, gguf):
     assert gguf.builds == 1 and models.cache_problem() is None
 
 
-def test_interrupted_build_leaves_no_cache(gguf, monkeypatch, tokenizer):
+def test_interrupted_build_leaves_no_cache(gguf, monkeypatch, tinier_model):
     """The files and the marker go into a staging folder that is renamed only when complete."""
     def half_saved(path):
-        model = tiny_model(tokenizer)
+        model = tinier_model()
         broken = SimpleNamespace(save_pretrained=lambda folder: (_ for _ in ()).throw(OSError("No space left on device")))
         return model, broken
 
@@ -286,10 +271,10 @@ def test_interrupted_build_leaves_no_cache(gguf, monkeypatch, tokenizer):
     assert not models.cache_dir().exists() or list(models.cache_dir().iterdir()) == []
 
 
-def test_a_cache_another_process_finished_first_is_kept(gguf, tokenizer):
+def test_a_cache_another_process_finished_first_is_kept(gguf, tokenizer, tinier_model):
     """Two processes building the cache at once: the second rename fails, and the first one's sound cache stays."""
     target = models.cached_model_dir()
-    ours, theirs = tiny_model(tokenizer, seed=1), tiny_model(tokenizer, seed=2)
+    ours, theirs = tinier_model(seed=1), tinier_model(seed=2)
     save_ours, built = ours.save_pretrained, {}
 
     def the_other_process_wins(folder, **kwargs):
@@ -303,12 +288,12 @@ def test_a_cache_another_process_finished_first_is_kept(gguf, tokenizer):
     assert [p.name for p in target.parent.iterdir()] == [target.name], "our staging folder is gone"
 
 
-def test_a_broken_folder_in_the_way_is_an_error(gguf, tokenizer):
+def test_a_broken_folder_in_the_way_is_an_error(gguf, tokenizer, tinier_model):
     target = models.cached_model_dir()
     (target / "config.json").parent.mkdir(parents=True)
     (target / "config.json").write_text("{")
     with pytest.raises(OSError):
-        models._save_atomically(tiny_model(tokenizer), tokenizer, target)
+        models._save_atomically(tinier_model(), tokenizer, target)
     assert [p.name for p in target.parent.iterdir()] == [target.name]
 
 
@@ -334,10 +319,10 @@ def saved(model, folder, tokenizer=None):
     return folder
 
 
-def test_a_truncated_model_folder_is_named_in_one_line(tmp_path, tokenizer, capsys):
+def test_a_truncated_model_folder_is_named_in_one_line(tmp_path, tokenizer, tinier_model, capsys):
     from dpo_edu import cli
 
-    folder = saved(tiny_model(tokenizer), tmp_path / "mine", tokenizer)
+    folder = saved(tinier_model(), tmp_path / "mine", tokenizer)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     with pytest.raises(ValueError, match=r"model.safetensors is truncated \(1,000 bytes.*copy it again, or save the model again"):
@@ -376,7 +361,7 @@ def test_a_checkpoint_without_its_head_is_refused(tmp_path, tokenizer):
         models.load_model(folder, device="cpu")
 
 
-def test_a_saved_causal_lm_still_loads(tmp_path, tokenizer):
-    folder = saved(tiny_model(tokenizer, seed=3), tmp_path / "mine", tokenizer)
+def test_a_saved_causal_lm_still_loads(tmp_path, tokenizer, tinier_model):
+    folder = saved(tinier_model(seed=3), tmp_path / "mine", tokenizer)
     model, _ = models.load_model(folder, device="cpu")
-    assert torch.equal(model.model.embed_tokens.weight, tiny_model(tokenizer, seed=3).model.embed_tokens.weight)
+    assert torch.equal(model.model.embed_tokens.weight, tinier_model(seed=3).model.embed_tokens.weight)

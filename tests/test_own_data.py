@@ -82,7 +82,7 @@ def test_pairs_run_trains_from_the_reference_and_holds_out_whole_prompts(standar
     assert "| accuracy (chosen reward > rejected reward) |" in report and "(ln 2 = 0.6931)" in report
 
 
-def test_a_tiny_pairs_file_trains_and_prints_no_nan(standard_run):
+def test_a_tiny_pairs_file_trains_and_prints_no_nan(standard_run, real_model):
     """One training pair is one optimizer step: it must train (its warm-up must not leave the learning rate at 0: the
     saved policy was once the reference, byte for byte), and one held-out pair has no standard error ("± nan" once)."""
     import torch
@@ -94,7 +94,7 @@ def test_a_tiny_pairs_file_trains_and_prints_no_nan(standard_run):
     report = (standard_run / "report.md").read_text(encoding="utf-8")
     assert "± nan" not in report and "| margin ± SE | +" in report and "(1 pair: no SE) |" in report
     policy, _ = load_model(standard_run / "policy", device="cpu")
-    reference, _ = load_model(device="cpu")
+    reference, _ = real_model
     changed = [name for name, weight in policy.state_dict().items() if not torch.equal(weight, reference.state_dict()[name])]
     assert changed, "the one step trained nothing"
 
@@ -123,13 +123,14 @@ def test_the_saved_policy_loads_in_trl(standard_run, tmp_path):
 
 
 def test_a_conversational_file_trains_through_the_chat_template(tmp_path):
-    pairs = write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONAL)
+    chats = CONVERSATIONAL[:4]  # four prompts: one held out, one optimizer step on the other three
+    pairs = write_jsonl(tmp_path / "chat.jsonl", chats)
     run_ok("--pairs", pairs, "--out", tmp_path / "run", "--max-length", 96, "--max-prompt-length", 64)
     rows = metrics(tmp_path / "run")
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     trained = [json.loads(line) for line in (tmp_path / "run" / "pairs.jsonl").read_text().splitlines()]
     assert all(row["prompt"].startswith("<|im_start|>") and row["prompt"].endswith("<|im_start|>assistant\n") for row in trained)
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["pairs"]["conversational"] == len(CONVERSATIONAL)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["pairs"]["conversational"] == len(chats)
 
 
 def test_as_standard_renders_a_conversation_as_trl_does():
@@ -303,23 +304,21 @@ def test_resume_refuses_a_prompts_or_reward_file_changed_since_the_start(tmp_pat
     assert json.loads((out / MARKER).read_text())["inputs"]["reward"] == fingerprint(reward)
 
 
-def test_a_reward_that_scores_every_sample_alike_is_named(tmp_path):
-    from dpo_edu.models import load_model
+def test_a_reward_that_scores_every_sample_alike_is_named(tmp_path, real_model):
     from dpo_edu.rewards import RewardError
     from dpo_edu.stages import sample_pairs
 
     def flat(prompts, completions, **kwargs):
         return [True] * len(completions)
 
-    model, tokenizer = load_model(device="cpu")
+    model, tokenizer = real_model
     with pytest.raises(RewardError, match=r"reward function .*flat \(.*\) gave all 3 samples the same score \(1\)"):
         sample_pairs(model, tokenizer, ["Say something kind."], flat, per_prompt=3, max_new_tokens=4, batch_size=8, seed=0,
                      rule="best_vs_worst", min_gap=0.1, samples_path=tmp_path / "samples.json")
     assert json.loads((tmp_path / "samples.json").read_text())["per_prompt"] == 3  # kept, scored again on --resume
 
 
-def test_a_conversational_prompt_reaches_the_reward_as_messages(tmp_path):
-    from dpo_edu.models import load_model
+def test_a_conversational_prompt_reaches_the_reward_as_messages(tmp_path, real_model):
     from dpo_edu.stages import sample_pairs
 
     seen = {}
@@ -328,7 +327,7 @@ def test_a_conversational_prompt_reaches_the_reward_as_messages(tmp_path):
         seen.update(prompts=prompts, completions=completions)
         return [float(len(c[-1]["content"])) for c in completions]
 
-    model, tokenizer = load_model(device="cpu")
+    model, tokenizer = real_model
     prompts = [[{"role": "user", "content": "Say something kind."}]]
     pairs, counts = sample_pairs(model, tokenizer, prompts, reward, per_prompt=3, max_new_tokens=4, batch_size=8, seed=0,
                                  rule="best_vs_worst", min_gap=0.0)

@@ -12,6 +12,8 @@ from dpo_edu.rundir import MARKER
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "smoke"
     assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 0
+    steps = json.loads((out / "summary.json").read_text())["steps"]
+    assert steps >= 3, f"the Ctrl-C tests stop the run at steps 2 and 3, but the smoke profile gives {steps} steps"
     return out
 
 
@@ -66,13 +68,13 @@ def test_report_shows_the_table_plots_and_five_samples(run_dir):
     assert samples_table.count("\n|") == 2 + 5
 
 
-def test_the_trained_policy_loads_and_differs_from_the_reference(run_dir):
+def test_the_trained_policy_loads_and_differs_from_the_reference(run_dir, real_model):
     import torch
 
     from dpo_edu.models import load_model
 
     policy, _ = load_model(run_dir / "policy", device="cpu")
-    reference, _ = load_model(device="cpu")
+    reference, _ = real_model
     name, weight = next(iter(policy.state_dict().items()))
     assert not torch.equal(weight, reference.state_dict()[name]), name
 
@@ -84,35 +86,17 @@ def test_an_existing_run_is_never_overwritten_without_the_flag(run_dir, capsys):
     assert (run_dir / "summary.json").read_bytes() == before
 
 
-def test_ctrl_c_then_resume_gives_the_uninterrupted_run(run_dir, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_then_resume_gives_the_uninterrupted_run(run_dir, tmp_path, monkeypatch, capsys, ctrl_c):
     """Ctrl-C during training saves a checkpoint (exit code 130); --resume finishes with the same metrics and report."""
-    import os
-    import signal
-
     from dpo_edu import run as run_module
 
-    original = run_module.train_dpo
-
-    def interrupted_after_step_2(*args, on_step, **kwargs):
-        def on_step_then_ctrl_c(record):
-            extra = on_step(record)
-            if record["step"] == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-            return extra
-
-        return original(*args, on_step=on_step_then_ctrl_c, **kwargs)
-
     out = tmp_path / "interrupted"
-    monkeypatch.setattr(run_module, "train_dpo", interrupted_after_step_2)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; CI may run with SIGINT ignored
-    try:
-        assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    put_back = ctrl_c(run_module, step=2)
+    assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
     error = capsys.readouterr().err
     assert "interrupted after step 2" in error and f"dpo-edu run --out {out} --resume" in error
     assert (out / "checkpoints" / "latest").is_file() and not (out / "summary.json").exists()
-    monkeypatch.setattr(run_module, "train_dpo", original)
+    put_back()
     monkeypatch.setenv("DPO_EDU_PROFILE", "full")  # --resume uses the run's own profile, not the environment's
     assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 0
     assert not (out / "checkpoints").exists()  # removed once the run finished
@@ -141,35 +125,17 @@ def metrics_without_timing(folder):
             for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_double_ctrl_c_a_damaged_checkpoint_and_resuming_from_the_pairs(run_dir, tmp_path, monkeypatch, capsys):
+def test_double_ctrl_c_a_damaged_checkpoint_and_resuming_from_the_pairs(run_dir, tmp_path, monkeypatch, capsys, ctrl_c):
     """A second Ctrl-C stops at once: the message points at --resume (never --overwrite). A truncated checkpoint is
     named before the model loads; without the checkpoint, --resume trains again from the saved pairs."""
-    import os
-    import signal
-
     from dpo_edu import run as run_module
 
-    original = run_module.train_dpo
-
-    def ctrl_c_twice_at_step_3(*args, on_step, **kwargs):
-        def on_step_then_ctrl_c(record):
-            if record["step"] == 3:
-                os.kill(os.getpid(), signal.SIGINT)  # the first: finish the step and save
-                os.kill(os.getpid(), signal.SIGINT)  # the second: stop now
-            return on_step(record)
-
-        return original(*args, on_step=on_step_then_ctrl_c, **kwargs)
-
     out = tmp_path / "twice"
-    monkeypatch.setattr(run_module, "train_dpo", ctrl_c_twice_at_step_3)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    put_back = ctrl_c(run_module, step=3, times=2)  # the first: finish the step and save; the second: stop now
+    assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
     error = capsys.readouterr().err
     assert "step-000002" in error and "--resume" in error and "--overwrite" not in error
-    monkeypatch.setattr(run_module, "train_dpo", original)
+    put_back()
 
     weights = out / "checkpoints" / "step-000002" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a disk that filled up, a copy cut short

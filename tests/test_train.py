@@ -292,6 +292,7 @@ def test_after_bf16_training_the_model_has_its_own_forward_and_mode(tokenizer, m
         signal.signal(signal.SIGINT, previous)
     assert model.training is (mode == "train"), ending
     assert vars(model).keys().isdisjoint({"forward", "_original_forward", "_is_accelerate_prepared"}), ending
+    assert model.get_input_embeddings().sparse is False, ending  # sparse only while training (sparse_embedding_gradient)
     reloaded = tiny_model(tokenizer).train(mode == "train")
     reloaded.load_state_dict(model.state_dict())
     ids = torch.tensor([tokenizer("A wonderful film, I loved it.")["input_ids"]])
@@ -299,6 +300,28 @@ def test_after_bf16_training_the_model_has_its_own_forward_and_mode(tokenizer, m
         assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits), ending
         # the class's forward with its decorators (accelerate's unwrap_model(keep_fp32_wrapper=False) drops them)
         assert isinstance(model(input_ids=ids, return_dict=False), tuple), ending
+
+
+def test_the_sparse_embedding_gradient_is_on_while_training_and_changes_no_number(tokenizer, monkeypatch):
+    """The tied embedding's gradient comes sparse during training (dpo_edu.train.sparse_embedding_gradient, a speed
+    lever): the same run, to float32 rounding, as with the dense gradient."""
+    from dpo_edu import train
+
+    runs = []
+    for lever in (True, False):
+        if not lever:
+            monkeypatch.setattr(train, "sparse_embedding_gradient", lambda model: contextlib.nullcontext())
+        model = tiny_model(tokenizer, seed=5)
+        config = TrainConfig(learning_rate=1e-3, batch_size=2, epochs=2, warmup_steps=1, max_length=64, max_prompt_length=48,
+                             gradient_accumulation_steps=2, mixed_precision="no")
+        history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None,
+                            on_step=lambda record: {"sparse": model.get_input_embeddings().sparse})
+        runs.append((history, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (lever_history, lever_weights), (dense_history, dense_weights) = runs
+    assert [record["sparse"] for record in lever_history] == [True] * 4 and not dense_history[0]["sparse"]
+    for name in ("loss", "grad_norm", "logps/chosen", "rewards/margins"):
+        assert [r[name] for r in lever_history] == pytest.approx([r[name] for r in dense_history], rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(lever_weights, dense_weights, rtol=1e-5, atol=1e-7)
 
 
 def test_the_reference_pass_leaves_the_model_in_its_own_mode_after_ctrl_c(tokenizer):

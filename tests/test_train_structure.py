@@ -1,5 +1,7 @@
 """The trainer's parts on their own: the planned steps in every record, StepMetrics, the precision mapping,
-and checkpoint.save's all-or-nothing write (a tiny random Llama where a model is needed)."""
+checkpoint.save's all-or-nothing write, the training forward's cache and embedding gradient (a tiny random Llama
+where a model is needed)."""
+import contextlib
 import json
 import math
 
@@ -7,8 +9,9 @@ import pytest
 import torch
 
 from dpo_edu import checkpoint
-from dpo_edu.train import (MIXED_PRECISION, StepMetrics, TrainConfig, mixed_precision_dtype, planned_steps,
-                           resolve_mixed_precision, train_dpo, usable_examples)
+from dpo_edu.data import collate_preferences, tokenize_preference
+from dpo_edu.train import (MIXED_PRECISION, StepMetrics, TrainConfig, mixed_precision_dtype, pair_logps, planned_steps,
+                           resolve_mixed_precision, sparse_embedding_gradient, train_dpo, usable_examples)
 
 EXAMPLES = [
     {"prompt": f"Review {i}:", "chosen": f" lovely film number {i}, warm and funny.", "rejected": f" dull film {i}."}
@@ -19,32 +22,17 @@ SEAM = {"prompt": "It was", "chosen": "n't good", "rejected": " fine"}  # skippe
 SMALL = dict(learning_rate=1e-3, warmup_steps=1, max_length=48, max_prompt_length=16, use_chat_template=False, seed=5)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from dpo_edu.models import load_tokenizer
-
-    return load_tokenizer()
-
-
-def tiny_model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128, tie_word_embeddings=True)
-    return LlamaForCausalLM(config)
-
-
 @pytest.mark.parametrize("examples, settings, steps", [
     # 9 examples, 1 skipped: 8 usable pairs, 3 micro-batches of 1 a step: 3 steps an epoch, the last short
     (EXAMPLES + [LONG_PROMPT, SEAM], dict(batch_size=3, gradient_accumulation_steps=3, epochs=2), 6),
     # stopped by max_steps in the second epoch of 4 steps
     (EXAMPLES, dict(batch_size=2, epochs=3, max_steps=5), 5),
 ])
-def test_every_record_has_steps_total_and_the_last_step_reaches_it(tokenizer, tmp_path, examples, settings, steps):
+def test_every_record_has_steps_total_and_the_last_step_reaches_it(tokenizer, tinier_model, tmp_path, examples, settings,
+                                                                     steps):
     config = TrainConfig(**SMALL, **settings)
     seen = []
-    history = train_dpo(tiny_model(tokenizer), tokenizer, examples, config, progress=False, log=None,
+    history = train_dpo(tinier_model(), tokenizer, examples, config, progress=False, log=None,
                         metrics_path=tmp_path / "metrics.jsonl", on_step=lambda record: seen.append(dict(record)))
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == len(lines) == len(seen) == steps
@@ -102,16 +90,15 @@ def test_one_precision_mapping_for_the_accelerator_and_the_reference_pass(monkey
         setting: names[dtype] for setting, dtype in expected.items()}
 
 
-def parts(tokenizer):
+def parts(model):
     from transformers import get_scheduler
 
-    model = tiny_model(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     return model, optimizer, get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=4)
 
 
-def test_a_checkpoint_that_fails_half_way_leaves_the_previous_one_and_no_temporary(tokenizer, tmp_path, monkeypatch):
-    model, optimizer, scheduler = parts(tokenizer)
+def test_a_checkpoint_that_fails_half_way_leaves_the_previous_one_and_no_temporary(tinier_model, tmp_path, monkeypatch):
+    model, optimizer, scheduler = parts(tinier_model())
     state = checkpoint.TrainerState(history=[{"step": 1}], epoch_generator_state=torch.Generator().get_state())
     config = TrainConfig()
     first = checkpoint.save(tmp_path, model, optimizer, scheduler, config=config, reference=None, state=state)
@@ -127,3 +114,46 @@ def test_a_checkpoint_that_fails_half_way_leaves_the_previous_one_and_no_tempora
     assert checkpoint.latest_folder(tmp_path) == first and checkpoint.verify(first)["step"] == 1
     saved = checkpoint.load_latest(tmp_path, config)
     assert saved.reference_logps() is None and math.isclose(saved.state["scheduler"]["base_lrs"][0], 1e-3)
+
+
+def pair_batch(tokenizer, examples=EXAMPLES[:3]):
+    features = [tokenize_preference(tokenizer, example, max_length=48, max_prompt_length=16, use_chat_template=False)
+                for example in examples]
+    return collate_preferences(features, tokenizer.pad_token_id)
+
+
+def test_the_training_forward_builds_no_kv_cache(tokenizer, tinier_model):
+    """transformers builds a KV cache in any forward whose model config has use_cache on (SmolLM2's has, and
+    LlamaConfig's default): pair_logps generates nothing and asks for none."""
+    model = tinier_model()
+    outputs = []
+    model.register_forward_hook(lambda module, args, output: outputs.append(output))
+    pair_logps(model, pair_batch(tokenizer))
+    assert model.config.use_cache and len(outputs) == 1
+    assert getattr(outputs[0], "cache", None) is None and getattr(outputs[0], "past_key_values", None) is None
+
+
+@pytest.mark.parametrize("tied, frozen, sparse_inside", [(True, False, True), (False, False, False), (True, True, False)])
+def test_a_tied_embedding_gives_its_gradient_sparse_and_the_weight_gets_the_same_dense_sum(tokenizer, tinier_model, tied,
+                                                                                           frozen, sparse_inside):
+    """Inside sparse_embedding_gradient a trainable tied embedding looks up with sparse=True, and autograd adds its
+    rows into the LM head's dense gradient (the padding token's row gets none, as in the dense backward). An untied
+    embedding would end with a sparse .grad (fused AdamW refuses it), a frozen one has none: both are left alone."""
+    model = tinier_model(tie_word_embeddings=tied)
+    model.get_input_embeddings().weight.requires_grad_(not frozen)
+    batch = pair_batch(tokenizer)
+    assert (batch["input_ids"] == tokenizer.pad_token_id).any()  # the padding_idx row: no gradient from the lookup
+    gradients = []
+    for context in (contextlib.nullcontext(), sparse_embedding_gradient(model)):
+        model.zero_grad()
+        with context:
+            inside = model.get_input_embeddings().sparse
+            sum(pair_logps(model, batch)).sum().backward()
+        gradients.append(model.get_input_embeddings().weight.grad)
+    assert inside is sparse_inside and model.get_input_embeddings().sparse is False
+    if frozen:
+        assert gradients == [None, None]
+        return
+    dense, through_sparse = gradients
+    assert through_sparse.layout == torch.strided
+    torch.testing.assert_close(through_sparse, dense, rtol=1e-5, atol=1e-6)  # the same sum, in another order

@@ -37,29 +37,13 @@ BASE = dict(beta=0.5, learning_rate=5e-3, weight_decay=0.0, batch_size=8, epochs
 COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from dpo_edu.models import load_tokenizer
-
-    return load_tokenizer()
-
-
-def tiny_model(tokenizer, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-    return LlamaForCausalLM(config)
-
-
-def train_trl(tokenizer, config, output_dir, ref_model=None, **overrides):
-    """TRL's per-step log records (those with rewards), training tiny_model(seed 0) with `config` carried over."""
+def train_trl(model, tokenizer, config, output_dir, ref_model=None, **overrides):
+    """TRL's per-step log records (those with rewards), training `model` with `config` carried over."""
     from datasets import Dataset
 
     args = to_dpo_config(config, output_dir, report_to=[], save_strategy="no", disable_tqdm=True,
                          train_sampling_strategy="sequential", dataloader_pin_memory=False, **overrides)
-    trainer = trl.DPOTrainer(model=tiny_model(tokenizer), ref_model=ref_model, args=args,
+    trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args,
                              train_dataset=Dataset.from_list(EXAMPLES), processing_class=tokenizer)
     trainer.train()
     return [record for record in trainer.state.log_history if "rewards/chosen" in record]
@@ -88,10 +72,10 @@ def test_the_pairs_are_padded_and_some_are_truncated(tokenizer):
     dict(loss_type="robust", label_smoothing=0.1),
     dict(loss_type="sigmoid", sft_weight=0.5),  # RPO; TRL: loss_type=["sigmoid", "sft"], loss_weights=[1, 0.5]
 ], ids=["sigmoid", "hinge", "ipo", "robust", "sigmoid+sft"])
-def test_every_step_matches_trl(tokenizer, tmp_path, settings):
+def test_every_step_matches_trl(tokenizer, tiny_model, tmp_path, settings):
     config = TrainConfig(**BASE, **settings)
-    ours = train_dpo(tiny_model(tokenizer), tokenizer, EXAMPLES, config, progress=False, log=None)
-    theirs = train_trl(tokenizer, config, tmp_path)
+    ours = train_dpo(tiny_model(), tokenizer, EXAMPLES, config, progress=False, log=None)
+    theirs = train_trl(tiny_model(), tokenizer, config, tmp_path)
     assert len(ours) == len(theirs) == 5
     assert len({round(record["loss"], 6) for record in ours}) >= 4  # the steps after the warm-up's lr = 0 do move it
     for step, (mine, trls) in enumerate(zip(ours, theirs), start=1):
@@ -101,16 +85,16 @@ def test_every_step_matches_trl(tokenizer, tmp_path, settings):
             assert mine[name] == pytest.approx(trls[name], rel=1e-4), (step, name, mine[name], trls[name])
 
 
-def test_trl_ipo_divides_the_log_ratios_by_length(tokenizer, tmp_path):
+def test_trl_ipo_divides_the_log_ratios_by_length(tokenizer, tiny_model, tmp_path):
     """TRL 1.16's IPO is dpo_loss's IPO with response lengths (what dpo-edu's trainer passes), not the paper's sums.
 
     A reference unlike the policy (another seed), so the log-ratios are not 0 at step 1 (with h = 0 both forms give
     (1 / (2 beta))^2). Only TRL's step-1 loss is needed: it is computed before any update.
     """
     config = TrainConfig(**{**BASE, "epochs": 1}, loss_type="ipo")
-    reference = tiny_model(tokenizer, seed=1)
-    theirs = train_trl(tokenizer, config, tmp_path, ref_model=reference)[0]["loss"]
-    policy_chosen, policy_rejected = compute_reference_logps(tiny_model(tokenizer), tokenizer, EXAMPLES, config)
+    reference = tiny_model(seed=1)
+    theirs = train_trl(tiny_model(), tokenizer, config, tmp_path, ref_model=reference)[0]["loss"]
+    policy_chosen, policy_rejected = compute_reference_logps(tiny_model(), tokenizer, EXAMPLES, config)
     ref_chosen, ref_rejected = compute_reference_logps(reference, tokenizer, EXAMPLES, config)
     _, features = usable_examples(tokenizer, EXAMPLES, config, log=None)
     chosen_lengths, rejected_lengths = (torch.tensor([float(sum(label != IGNORE_INDEX for label in feature[side]["labels"]))

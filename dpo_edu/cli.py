@@ -4,6 +4,7 @@
     dpo-edu run        the full DPO run: pairs -> training -> evaluation -> report (see dpo_edu.run);
                        --pairs FILE, or --prompts FILE --reward SPEC, for your own data; --model for another model
     dpo-edu frontier   DPO and ODPO over a beta sweep and seeds: the reward-KL frontier (see dpo_edu.frontier)
+    dpo-edu diagnose   read a training log (metrics.jsonl or TRL's trainer_state.json) for known symptoms
 """
 from __future__ import annotations
 
@@ -83,6 +84,19 @@ def frontier(args: argparse.Namespace) -> int:
     return 0
 
 
+def diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import DiagnoseError
+    from .diagnose import diagnose as read_symptoms
+
+    try:
+        result = read_symptoms(args.log)
+    except DiagnoseError as error:  # the message names the file and what is wrong with it
+        print(f"dpo-edu diagnose: {error}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
 def _run_options(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--profile", choices=("smoke", "full"), default=None,
                         help="sizes (default: the run's own with --resume, else $DPO_EDU_PROFILE, else full)")
@@ -152,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     frontier_parser = commands.add_parser("frontier", help="DPO and ODPO over a beta sweep and seeds: the reward-KL frontier")
     _run_options(frontier_parser, "runs/frontier")
     frontier_parser.add_argument("--dense", action="store_true", help="sweep more betas (profile.frontier_dense_betas): for a GPU")
+    diagnose_parser = commands.add_parser("diagnose", help="read a training log for known symptoms (dpo_edu.diagnose)")
+    diagnose_parser.add_argument("log", metavar="LOG",
+                                 help="a dpo-edu metrics.jsonl, a TRL trainer_state.json, or a run folder with either")
     args = parser.parse_args(argv)
     if args.command == "verify":
         return verify()
@@ -159,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.command == "frontier":
         return frontier(args)
+    if args.command == "diagnose":
+        return diagnose(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

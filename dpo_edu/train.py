@@ -202,7 +202,9 @@ def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
     generates.
     """
     labels = batch["labels"]  # (2B, T), IGNORE_INDEX on prompt and padding
-    first_scored = int((labels != IGNORE_INDEX).any(0).nonzero()[0])  # logits at t - 1 predict the label at t
+    scored = (labels != IGNORE_INDEX).any(0).nonzero()
+    # logits at t - 1 predict the label at t; with no label at all (custom features masked away) every sum is 0
+    first_scored = int(scored[0]) if len(scored) else labels.shape[1] - 1
     keep = labels.shape[1] - first_scored + 1
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
                    use_cache=False).logits

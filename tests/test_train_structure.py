@@ -157,3 +157,12 @@ def test_a_tied_embedding_gives_its_gradient_sparse_and_the_weight_gets_the_same
     dense, through_sparse = gradients
     assert through_sparse.layout == torch.strided
     torch.testing.assert_close(through_sparse, dense, rtol=1e-5, atol=1e-6)  # the same sum, in another order
+
+
+def test_a_batch_with_every_label_masked_scores_zero_instead_of_crashing(tokenizer, tinier_model):
+    """Custom features whose responses were masked away (the trainer's own truncation never makes them): each
+    sequence log-prob is a sum over no tokens, 0, as the diagnose exercise's run A logs; it used to be an IndexError."""
+    batch = pair_batch(tokenizer)
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    chosen, rejected = pair_logps(tinier_model(), batch)
+    assert torch.equal(chosen, torch.zeros(3)) and torch.equal(rejected, torch.zeros(3))

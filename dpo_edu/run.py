@@ -30,7 +30,6 @@ Notebook 06 walks the same steps cell by cell, calling the same functions.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -52,7 +51,7 @@ from .rundir import RunFolder, RunFolderError
 from .stages import (MIXED_PRECISION_OF, PairsEvaluator, RewardEvaluator, count_conversational, sample_pairs, save_policy,
                      split_heldout, standard_pairs, train_config)
 from .train import train_dpo
-from .utils import device_name, get_device, precision_dtype, precision_name, seed_everything
+from .utils import device_name, get_device, precision_dtype, precision_name, seed_everything, sha256_file
 
 # what `loss=` (dpo-edu run --loss-type ... --max-length ...) may set over the profile's TrainConfig
 LOSS_SETTINGS = ("loss_type", "beta", "label_smoothing", "sft_weight", "simpo_gamma", "max_length", "max_prompt_length")
@@ -107,18 +106,10 @@ class Task:
 
 # ------------------------------------------------------------ the inputs a run started with
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def input_fingerprints(pairs=None, prompts=None, reward: str | None = None) -> dict[str, dict]:
     """{"pairs" | "prompts" | "reward": {"file", "sha256"}} of each input file (a reward: its module's source file)."""
     files = {"pairs": pairs, "prompts": prompts, "reward": rewards.reward_source(reward) if reward else None}
-    return {name: {"file": str(path), "sha256": _sha256(Path(path))} for name, path in files.items()
+    return {name: {"file": str(path), "sha256": sha256_file(Path(path))} for name, path in files.items()
             if path is not None and Path(path).is_file()}
 
 

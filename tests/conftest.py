@@ -14,6 +14,20 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = "1"
 
 
+# Eight short review pairs of mixed token lengths (prompts of 2-4 tokens, responses of 3-8 with EOS), for tiny runs
+# that must pad and, at a small max_length, truncate: tests/test_trl_parity.py and tests/test_diagnose.py
+REVIEW_PAIRS = [
+    {"prompt": "Review:", "chosen": " Lovely, warm and funny.", "rejected": " Dull."},
+    {"prompt": "Verdict?", "chosen": " Moving.", "rejected": " A boring mess, sadly."},
+    {"prompt": "Was it good?", "chosen": " Yes, a delight.", "rejected": " No."},
+    {"prompt": "The plot:", "chosen": " Two friends rebuild a boat.", "rejected": " Stuff happens."},
+    {"prompt": "The acting?", "chosen": " True.", "rejected": " Wooden and flat."},
+    {"prompt": "Again?", "chosen": " Gladly, for the music.", "rejected": " Never."},
+    {"prompt": "The ending:", "chosen": " Quiet and earned.", "rejected": " It just stops."},
+    {"prompt": "In a word?", "chosen": " Lovely.", "rejected": " Long."},
+]
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """The real SmolLM2 tokenizer, from the course cache (`make test` builds it first, in the floor check)."""

@@ -94,15 +94,6 @@ def test_optimal_policy_takes_a_grid_of_betas():
 
 # ---- the infinite-data limit, IPO's own target, coverage and the exact reward-KL frontier
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tables of 5 numbers: on a busy 2-core machine a second thread makes each step 10-25x slower (see notebook 05)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 from dpo_edu import exercises
 from dpo_edu.bandit import (
     all_pairs, frontier_at_kl, frontier_points, ipo_optimal_policy, preference_matrix, reward_and_kl)

@@ -15,18 +15,10 @@ from dpo_edu import cli
 from dpo_edu import train as training
 from dpo_edu.diagnose import LN2, DiagnoseError, diagnose
 from dpo_edu.train import TrainConfig, train_dpo
+from conftest import REVIEW_PAIRS
 
 FULL_RUN = Path(__file__).resolve().parent.parent / "docs" / "full_dpo_run" / "metrics.jsonl"
-PAIRS = [
-    {"prompt": "Review:", "chosen": " Lovely, warm and funny.", "rejected": " Dull."},
-    {"prompt": "Verdict?", "chosen": " Moving.", "rejected": " A boring mess, sadly."},
-    {"prompt": "Was it good?", "chosen": " Yes, a delight.", "rejected": " No."},
-    {"prompt": "The plot:", "chosen": " Two friends rebuild a boat.", "rejected": " Stuff happens."},
-    {"prompt": "The acting?", "chosen": " True.", "rejected": " Wooden and flat."},
-    {"prompt": "Again?", "chosen": " Gladly, for the music.", "rejected": " Never."},
-    {"prompt": "The ending:", "chosen": " Quiet and earned.", "rejected": " It just stops."},
-    {"prompt": "In a word?", "chosen": " Lovely.", "rejected": " Long."},
-]
+PAIRS = REVIEW_PAIRS
 # 8 pairs in batches of 4 for 3 epochs: 6 optimizer steps
 BASE = dict(beta=0.5, learning_rate=5e-3, batch_size=4, epochs=3, warmup_steps=1, max_length=16, max_prompt_length=8,
             mixed_precision="no", use_chat_template=False, seed=0)

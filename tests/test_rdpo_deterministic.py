@@ -5,7 +5,6 @@ eps. When every label is right (the better response always wins), its slope in z
 -((1-eps)(1-sigma(z)) + eps sigma(z)) / (1-2eps), never above -eps/(1-2eps): the push on the margin never stops and
 the loss falls without bound (about -eps z / (1-2eps) for large z). Notebook 08 section 2 shows it on the bandit.
 """
-import pytest
 import torch
 
 from dpo_edu.bandit import sample_preferences, train_tabular_dpo
@@ -13,15 +12,6 @@ from dpo_edu.losses import dpo_loss
 
 REF = torch.tensor([[0.35, 0.25, 0.20, 0.12, 0.08]], dtype=torch.float64)  # the bandit of tests/test_bandit.py
 REWARDS = torch.tensor([[-0.5, 0.0, 0.5, 1.0, 1.5]], dtype=torch.float64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tables of 5 numbers: a second thread makes each step slower (see tests/test_bandit.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_deterministic_preferences_rdpo_runs_away_like_dpo():

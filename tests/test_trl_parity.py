@@ -19,19 +19,11 @@ from dpo_edu.data import IGNORE_INDEX  # noqa: E402
 from dpo_edu.losses import dpo_loss  # noqa: E402
 from dpo_edu.train import TrainConfig, compute_reference_logps, train_dpo, usable_examples  # noqa: E402
 from dpo_edu.trl_bridge import TRL_FIELDS, markdown_table, to_dpo_config  # noqa: E402
+from conftest import REVIEW_PAIRS  # noqa: E402
 
 # Prompts of 2 to 4 tokens, responses of 3 to 8 with EOS: rows are padded, IPO's length normalisation matters, and
 # max_length 9 cuts the end (EOS included) of 5 of the 16 rows, in both trainers; no prompt is longer than max_prompt_length.
-EXAMPLES = [
-    {"prompt": "Review:", "chosen": " Lovely, warm and funny.", "rejected": " Dull."},
-    {"prompt": "Verdict?", "chosen": " Moving.", "rejected": " A boring mess, sadly."},
-    {"prompt": "Was it good?", "chosen": " Yes, a delight.", "rejected": " No."},
-    {"prompt": "The plot:", "chosen": " Two friends rebuild a boat.", "rejected": " Stuff happens."},
-    {"prompt": "The acting?", "chosen": " True.", "rejected": " Wooden and flat."},
-    {"prompt": "Again?", "chosen": " Gladly, for the music.", "rejected": " Never."},
-    {"prompt": "The ending:", "chosen": " Quiet and earned.", "rejected": " It just stops."},
-    {"prompt": "In a word?", "chosen": " Lovely.", "rejected": " Long."},
-]
+EXAMPLES = REVIEW_PAIRS
 BASE = dict(beta=0.5, learning_rate=5e-3, weight_decay=0.0, batch_size=8, epochs=5, warmup_steps=2, max_grad_norm=1.0,
             max_length=9, max_prompt_length=4, mixed_precision="no", use_chat_template=False, seed=0)
 COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")

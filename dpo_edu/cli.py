@@ -85,8 +85,8 @@ def frontier(args: argparse.Namespace) -> int:
 
 
 def diagnose(args: argparse.Namespace) -> int:
-    from .diagnose import DiagnoseError
-    from .diagnose import diagnose as read_symptoms
+    from .diagnosis import DiagnoseError
+    from .diagnosis import diagnose as read_symptoms
 
     try:
         result = read_symptoms(args.log)

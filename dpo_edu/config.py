@@ -89,6 +89,21 @@ class Profile:
     beyond_simpo_beta: float  # SimPO's beta scales a per-token mean log-prob: an order larger than DPO's
     beyond_simpo_gamma: float
     beyond_lora_rank: int
+    # 09 clinic: each symptom reproduced by changing one thing against one healthy run (dpo_edu.clinic)
+    clinic_train_prompts: int  # openings sampled for the healthy run's pairs (best vs worst of k)
+    clinic_heldout_prompts: int  # openings for held-out reward, KL, length and repetition
+    clinic_heldout_pair_prompts: int  # further held-out openings whose pairs give the held-out DPO loss
+    clinic_samples_per_prompt: int
+    clinic_max_new_tokens: int
+    clinic_length_prompts: int  # chat prompts asking for one sentence: room to end with EOS
+    clinic_length_max_new_tokens: int
+    clinic_batch_size: int
+    clinic_epochs: int
+    clinic_learning_rate: float  # a CPU-budget setting, like the full run's (notebook 09 says what is usual)
+    clinic_learning_rates: tuple[float, ...]  # the sweep, beside clinic_learning_rate
+    clinic_beta: float
+    clinic_stall_steps: int  # steps of each ln 2 reproduction
+    clinic_heldout_every: int  # optimizer steps between held-out DPO losses
 
 
 PROFILES: dict[str, Profile] = {
@@ -158,6 +173,20 @@ PROFILES: dict[str, Profile] = {
         beyond_simpo_beta=2.0,
         beyond_simpo_gamma=0.5,
         beyond_lora_rank=16,
+        clinic_train_prompts=6,
+        clinic_heldout_prompts=4,
+        clinic_heldout_pair_prompts=4,
+        clinic_samples_per_prompt=4,
+        clinic_max_new_tokens=6,
+        clinic_length_prompts=4,
+        clinic_length_max_new_tokens=8,
+        clinic_batch_size=2,
+        clinic_epochs=2,
+        clinic_learning_rate=1e-4,
+        clinic_learning_rates=(1e-6, 1e-3),
+        clinic_beta=0.1,
+        clinic_stall_steps=2,
+        clinic_heldout_every=1,
     ),
     "full": Profile(
         name="full",
@@ -225,6 +254,20 @@ PROFILES: dict[str, Profile] = {
         beyond_simpo_beta=2.0,
         beyond_simpo_gamma=0.5,
         beyond_lora_rank=16,
+        clinic_train_prompts=32,  # 32 pairs: 4 steps of 8 per epoch
+        clinic_heldout_prompts=48,
+        clinic_heldout_pair_prompts=24,
+        clinic_samples_per_prompt=4,
+        clinic_max_new_tokens=24,
+        clinic_length_prompts=24,
+        clinic_length_max_new_tokens=48,  # the reference's one-sentence answers: 16 % reach it, EOS is within reach
+        clinic_batch_size=8,
+        clinic_epochs=2,
+        clinic_learning_rate=1e-4,
+        clinic_learning_rates=(1e-6, 1e-3),
+        clinic_beta=0.1,
+        clinic_stall_steps=4,
+        clinic_heldout_every=2,
     ),
 }
 

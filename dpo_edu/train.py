@@ -602,6 +602,9 @@ def train_dpo(
         raise ValueError("no training examples")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue")
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        raise ValueError("no trainable parameter: requires_grad is False for every parameter of the model (frozen "
+                         "like a reference?); call model.requires_grad_(True), or add adapters (dpo_edu.lora)")
     saved = checkpoints.load_latest(checkpoint_dir, config) if resume else None
     examples, features = usable_examples(tokenizer, examples, config, log=log)
     offsets = pair_offsets(examples, config.odpo_alpha, config.odpo_score_scale) if config.odpo_alpha is not None else None

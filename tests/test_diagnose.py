@@ -13,7 +13,7 @@ import pytest
 
 from dpo_edu import cli
 from dpo_edu import train as training
-from dpo_edu.diagnose import LN2, DiagnoseError, diagnose
+from dpo_edu.diagnosis import LN2, DiagnoseError, diagnose
 from dpo_edu.train import TrainConfig, train_dpo
 from conftest import REVIEW_PAIRS
 
@@ -96,9 +96,20 @@ def test_trivially_separable_pairs_collapse(tokenizer, tinier_model, tmp_path):
     """Every chosen response the same word, every rejected one another: a large beta separates them within steps."""
     pairs = [{"prompt": pair["prompt"], "chosen": " Yes.", "rejected": " No."} for pair in PAIRS]
     path = tmp_path / "metrics.jsonl"
-    train_dpo(tinier_model(), tokenizer, pairs, TrainConfig(**{**BASE, "beta": 5.0, "learning_rate": 5e-2}),
-              metrics_path=path, progress=False, log=None)
+    settings = {**BASE, "beta": 5.0, "learning_rate": 5e-2, "batch_size": 1, "epochs": 1}  # 8 steps, unseen pairs
+    train_dpo(tinier_model(), tokenizer, pairs, TrainConfig(**settings), metrics_path=path, progress=False, log=None)
     assert "rewards/accuracies 1" in found(diagnose(path))["loss collapsed to 0"]
+
+
+def test_a_loss_near_0_on_pairs_seen_before_is_not_a_collapse(tmp_path):
+    """Epoch 2 measures pairs trained on once: a loss near 0 there is memorisation (the held-out loss tells)."""
+    rows = [{"step": step, "epoch": int(step > 4), "loss": 0.69 if step <= 4 else 0.01, "rewards/accuracies": 1.0,
+             "rewards/margins": 0.0 if step <= 4 else 6.0, "rewards/chosen": 1.0, "lr": 1e-4} for step in range(1, 9)]
+    collapse = diagnose(write_log(tmp_path / "metrics.jsonl", rows)).findings[1]
+    assert not collapse.found and collapse.detail.startswith("lowest first-epoch loss by step 10: 0.6900")
+    for row in rows:
+        row.pop("epoch")  # a log without epochs: every line counts
+    assert diagnose(write_log(tmp_path / "metrics.jsonl", rows)).findings[1].found
 
 
 def test_a_trl_trainer_state(tokenizer, tinier_model, tmp_path):
@@ -180,7 +191,7 @@ def test_cli_diagnose(tmp_path, capsys):
     assert cli.main(["diagnose", str(FULL_RUN)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{FULL_RUN}: dpo-edu metrics.jsonl, 79 logged steps (1 to 79)")
-    assert "FOUND likelihood displacement" in out and "see notebook 06 §5" in out
+    assert "FOUND likelihood displacement" in out and "see notebook 09 §3" in out
     (tmp_path / "cut.jsonl").write_text('{"step": 1, "loss": 0.69}\n{"step": 2, "lo', encoding="utf-8")
     assert cli.main(["diagnose", str(tmp_path / "cut.jsonl")]) == 2
     captured = capsys.readouterr()
@@ -188,3 +199,67 @@ def test_cli_diagnose(tmp_path, capsys):
     assert captured.err.startswith(f"dpo-edu diagnose: {tmp_path / 'cut.jsonl'}: not valid JSON at line 2")
     assert cli.main(["diagnose", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: cannot be read" in capsys.readouterr().err
+
+
+def test_a_trl_run_with_evaluation_gives_its_eval_loss_to_the_step_before(tokenizer, tinier_model, tmp_path):
+    """TRL logs each evaluation as a record of its own (eval_loss, no loss): it joins the step it follows."""
+    trl = pytest.importorskip("trl", reason="trl is not installed: no TRL log to read")
+    from datasets import Dataset
+
+    from dpo_edu.trl_bridge import to_dpo_config
+
+    args = to_dpo_config(TrainConfig(**BASE), tmp_path / "trl", report_to=[], save_strategy="no", disable_tqdm=True,
+                         dataloader_pin_memory=False, eval_strategy="steps", eval_steps=2)
+    trainer = trl.DPOTrainer(model=tinier_model(), args=args, train_dataset=Dataset.from_list(PAIRS[:6]),
+                             eval_dataset=Dataset.from_list(PAIRS[6:]), processing_class=tokenizer)
+    trainer.train()
+    trainer.state.save_to_json(str(tmp_path / "trainer_state.json"))
+    logged = json.loads((tmp_path / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
+    evals = {record["step"]: record["eval_loss"] for record in logged if "eval_loss" in record}
+    assert sorted(evals) == [2, 4, 6]
+    records = diagnose(tmp_path).records
+    assert {record["step"]: record["eval/loss"] for record in records if "eval/loss" in record} == evals
+    assert "held-out loss rising" in [finding.symptom for finding in diagnose(tmp_path).findings]
+
+
+def test_a_held_out_loss_rising_while_the_training_loss_falls(tmp_path):
+    rows = [{"step": step, "loss": 0.69 - 0.08 * step, "grad_norm": 5.0, "lr": 1e-4} for step in range(1, 9)]
+    for step, value in ((2, 0.68), (4, 0.66), (6, 0.70), (8, 0.75)):
+        rows[step - 1]["eval/loss"] = value
+    finding = diagnose(write_log(tmp_path / "metrics.jsonl", rows)).findings[-1]
+    assert finding.found and finding.steps == (6, 8)
+    assert finding.detail.startswith("eval/loss lowest 0.6600 at step 4, 0.7500 at step 8; training loss 0.3700")
+    for row, value in zip(rows[1::2], (0.68, 0.66, 0.65, 0.64)):  # falling with it: healthy
+        row["eval/loss"] = value
+    assert not diagnose(write_log(tmp_path / "metrics.jsonl", rows)).findings[-1].found
+
+
+def test_diagnose_is_importable_from_the_package():
+    import dpo_edu
+
+    assert dpo_edu.diagnose is diagnose and callable(dpo_edu.diagnose)
+
+
+# ------------------------------------------------------------------------------------ the clinic's own logs
+
+CLINIC_LOGS = Path(__file__).resolve().parent / "data" / "clinic"
+
+
+@pytest.mark.parametrize("name, symptom, telltale", [
+    ("one_step", "loss stuck at ln 2", "no step after the first update is logged"),
+    ("masked_labels", "loss stuck at ln 2", "every label is masked"),
+    ("live_reference", "loss stuck at ln 2", "the reference moves with the policy"),
+    ("template", "loss collapsed to 0", "told apart trivially"),
+    ("lr_0.001", "held-out loss rising", "stop at the lowest held-out loss"),
+    ("pure_fp16", "NaN or inf", "first at step 2"),
+])
+def test_each_symptom_of_the_clinic_is_found_in_the_log_its_reproduction_wrote(name, symptom, telltale):
+    """Notebook 09's full run wrote these logs (tests/data/clinic/README.md); each shows its symptom and no other fault."""
+    diagnosis = diagnose(CLINIC_LOGS / f"{name}.jsonl")
+    faults = [finding.symptom for finding in diagnosis.found if finding.fault]
+    assert faults == [symptom] and telltale in found(diagnosis)[symptom]
+
+
+def test_the_clinic_healthy_run_is_flagged_with_nothing():
+    diagnosis = diagnose(CLINIC_LOGS / "healthy.jsonl")
+    assert diagnosis.found == [] and diagnosis.summary() == "no symptom found"

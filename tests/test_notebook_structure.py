@@ -28,6 +28,7 @@ WRAPPED_NOTEBOOKS = [
     "05b_appendix_bandit.ipynb",
     "06_full_dpo_run.ipynb",
     "08_beyond.ipynb",
+    "09_clinic.ipynb",
 ]
 MAX_CODE_LINE = 100
 

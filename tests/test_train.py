@@ -372,3 +372,11 @@ def test_the_warm_up_is_capped_below_the_run_and_longer_runs_keep_their_schedule
             assert max(lrs) > 0, (warmup, total)  # every run trains
             if total > warmup:  # as before the cap: the same numbers, bit for bit
                 assert lrs == schedule(min(warmup, total), total), (warmup, total)
+
+
+def test_a_model_with_every_parameter_frozen_is_refused_in_one_line(tokenizer):
+    """requires_grad False everywhere (a policy frozen like a reference) stops before any work, saying so."""
+    model = tiny_model(tokenizer).requires_grad_(False)
+    config = TrainConfig(learning_rate=1e-3, batch_size=2, max_length=64, max_prompt_length=48, mixed_precision="no")
+    with pytest.raises(ValueError, match=r"^no trainable parameter: requires_grad is False .*requires_grad_\(True\)"):
+        train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None)

@@ -25,63 +25,54 @@ solved(...)` stops the notebook then (CI executes every solution).
 from .nb00 import (  # noqa: F401
     SIGN_BUG_CANDIDATES,
     SMOLLM2_PARAMETERS,
-    check_00_device_order,
-    check_00_initial_dpo_loss,
     check_00_sign_bugs,
     check_00_training_memory,
 )
 from .nb01 import (  # noqa: F401
     check_01_nan_count,
-    check_01_negative_log_likelihood,
     check_01_score_gradient,
-    check_01_stable_probability,
 )
 from .nb02 import (  # noqa: F401
     check_02_kl_formula,
     check_02_kl_limits,
-    check_02_log10_sequences,
-    check_02_optimal_policy,
 )
 from .nb03 import (  # noqa: F401
     FAULTS_03,
     check_03_diagnosis,
-    check_03_dpo_loss,
     check_03_first_step,
-    check_03_gradient_weight,
     check_03_step_prediction,
     suspects_03,
 )
 from .nb04 import (  # noqa: F401
     FAULTS_04,
-    check_04_labels,
     check_04_logprob_faults,
-    check_04_sequence_logprobs,
     check_04_unmasked_padding,
     check_04b_bf16_bound,
     suspects_04,
 )
 from .nb05 import (  # noqa: F401
     SILENT_BUG_CANDIDATES,
-    check_05_ipo_ratio,
     check_05_silent_bugs,
-    check_05_total_variation,
     check_05_two_response_limit,
     check_05_uncovered_response,
     check_05b_frontier_slope,
     check_05b_ipo_neighbours,
 )
-from .nb06 import (CAUSES_06, check_06_diagnosis, check_06_first_numbers, check_06_kl_estimate,  # noqa: F401
-                   check_06_win_rate, print_run_logs_06, run_logs_06)
+from .nb06 import (CAUSES_06, check_06_diagnosis, check_06_first_numbers, print_run_logs_06,  # noqa: F401
+                   run_logs_06)
 from .nb07 import check_07_odpo_loss, check_07_offset  # noqa: F401
 from .nb08 import (  # noqa: F401
     BOUNDED_LOSSES_08,
     SUSPECTS_08,
     check_08_bounded,
     check_08_diagnosis,
-    check_08_noisy_target,
     check_08_rdpo_floor,
-    check_08_robust_loss,
-    check_08_simpo_loss,
+)
+from .nb09 import (  # noqa: F401
+    STALLED_LOGS_09,
+    check_09_learning_rate,
+    check_09_seen_unseen,
+    check_09_stall,
 )
 
 import contextlib
@@ -104,44 +95,30 @@ def solved(check: Callable[..., bool | None], *answer: Any) -> bool:
 
 __all__ = [
     "solved",
-    "check_00_device_order",
-    "check_00_initial_dpo_loss",
     "check_00_sign_bugs",
     "check_00_training_memory",
     "SIGN_BUG_CANDIDATES",
     "SMOLLM2_PARAMETERS",
-    "check_01_stable_probability",
-    "check_01_negative_log_likelihood",
     "check_01_nan_count",
     "check_01_score_gradient",
-    "check_02_optimal_policy",
-    "check_02_log10_sequences",
     "check_02_kl_limits",
     "check_02_kl_formula",
-    "check_03_dpo_loss",
-    "check_03_gradient_weight",
     "check_03_step_prediction",
     "check_03_first_step",
     "check_03_diagnosis",
     "suspects_03",
     "FAULTS_03",
-    "check_04_sequence_logprobs",
-    "check_04_labels",
     "check_04_unmasked_padding",
     "check_04_logprob_faults",
     "check_04b_bf16_bound",
     "FAULTS_04",
     "suspects_04",
-    "check_05_total_variation",
-    "check_05_ipo_ratio",
     "check_05_uncovered_response",
     "check_05_two_response_limit",
     "check_05_silent_bugs",
     "SILENT_BUG_CANDIDATES",
     "check_05b_ipo_neighbours",
     "check_05b_frontier_slope",
-    "check_06_win_rate",
-    "check_06_kl_estimate",
     "check_06_first_numbers",
     "check_06_diagnosis",
     "print_run_logs_06",
@@ -149,12 +126,13 @@ __all__ = [
     "CAUSES_06",
     "check_07_odpo_loss",
     "check_07_offset",
-    "check_08_robust_loss",
-    "check_08_simpo_loss",
-    "check_08_noisy_target",
     "check_08_bounded",
     "check_08_rdpo_floor",
     "check_08_diagnosis",
     "BOUNDED_LOSSES_08",
     "SUSPECTS_08",
+    "check_09_stall",
+    "check_09_seen_unseen",
+    "check_09_learning_rate",
+    "STALLED_LOGS_09",
 ]

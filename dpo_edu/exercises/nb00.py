@@ -2,57 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
-from ._checking import _call, _NotAttempted, _number, _random_logps, _verdict, _Wrong
+from ._checking import _NotAttempted, _number, _random_logps, _verdict, _Wrong
 
 # ---------------------------------------------------------------- 00 welcome
-
-def check_00_device_order(pick_device: Callable[[bool, bool], str]) -> bool:
-    """pick_device(cuda_available, mps_available) -> 'cuda' | 'mps' | 'cpu', in the course's order."""
-
-    def body() -> str:
-        for cuda in (True, False):
-            for mps in (True, False):
-                expected = "cuda" if cuda else "mps" if mps else "cpu"
-                got = _call(pick_device, cuda, mps)
-                if not isinstance(got, str):
-                    raise _Wrong(f"with cuda={cuda}, mps={mps}: got a {type(got).__name__}, expected a string such as 'cpu'")
-                assert got == expected, f"with cuda={cuda}, mps={mps}: got {got!r}, expected {expected!r}"
-        return "CUDA first, then MPS, then CPU"
-
-    return _verdict("device order", body)
-
-
-def check_00_initial_dpo_loss(value: float) -> bool:
-    """The DPO loss when policy == reference, computed rather than typed in.
-
-    Only a value right to float precision (within 1e-7, which float32 meets)
-    passes, so 0.6931 copied from a printout is rejected: the exercise is to
-    compute it.
-    """
-
-    def body() -> str:
-        if value is None:
-            raise _NotAttempted
-        got = _number(value, "initial loss")
-        error = abs(got - math.log(2))
-        if error <= 1e-7:
-            return f"-log sigmoid(0) = ln 2 = {math.log(2):.4f}, whatever beta"
-        if error < 1e-3:
-            raise _Wrong(f"got {got}, right only to {math.floor(-math.log10(error))} decimals: a number typed in from a printout? "
-                         "Compute it with math (log, exp) so that it is right to float precision")
-        if got < 0:
-            raise _Wrong(f"got {got:.6g}, a negative loss: -log of a probability is never negative; check the sign")
-        if abs(got - 0.5) < 1e-9:
-            raise _Wrong("got 0.5: that is the probability sigmoid(0), not the loss computed from it")
-        raise _Wrong(f"got {got:.6g}; hint: what is the margin when policy == reference, and what loss does that margin give?")
-
-    return _verdict("initial DPO loss", body)
-
 
 # Candidate bugs for notebook 00's exercise "which sign bug passes the ln 2 check?".
 # Each is a wrong DPO loss of (policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta);

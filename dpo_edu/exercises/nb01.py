@@ -10,65 +10,12 @@ from ._checking import (
     _call,
     _close,
     _first_matching_slip,
-    _matches,
     _NotAttempted,
     _number,
     _tensor,
     _verdict,
     _Wrong,
 )
-
-# ---------------------------------------------------------- 01 Bradley-Terry
-
-def check_01_stable_probability(probability: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
-    """probability(r_chosen, r_rejected) -> P(chosen wins), finite even for rewards near 1000 and gaps of hundreds."""
-
-    def body() -> str:
-        cases = (  # float64 gaps up to 900, float32 gaps of 130: exp of the gap alone overflows in both
-            (torch.tensor([0.0, 2.0, 1000.0, -1000.0, 50.0, 800.0, -100.0], dtype=torch.float64),
-             torch.tensor([0.0, 0.5, 999.0, -999.0, -50.0, -100.0, 800.0], dtype=torch.float64), 1e-9),
-            (torch.tensor([100.0, -30.0, 0.5, 90.0]), torch.tensor([-30.0, 100.0, -0.5, 89.0]), 1e-6),
-        )
-        for chosen, rejected, atol in cases:
-            expected = bradley_terry.preference_probability(chosen, rejected)
-            got = _tensor(_call(probability, chosen.clone(), rejected.clone()), expected, "P(chosen wins)")
-            if torch.isfinite(got).all() and _matches(got, 1 - expected):
-                raise _Wrong("that is the probability that the *rejected* response wins")
-            _close(got, expected, f"P(chosen wins) in {str(chosen.dtype).removeprefix('torch.')}", atol=atol)
-        return "matches sigmoid(r_w - r_l), even at rewards of +-1000 and gaps of 900"
-
-    return _verdict("stable Bradley-Terry probability", body)
-
-
-def check_01_negative_log_likelihood(nll: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
-    """nll(scores, winners, losers) -> scalar: minus the summed log-likelihood, finite for any score gap."""
-
-    def body() -> str:
-        generator = torch.Generator().manual_seed(1)
-        scores = torch.randn(6, generator=generator, dtype=torch.float64)
-        winners, losers = bradley_terry.simulate_comparisons(scores, 50, generator=generator)
-        expected = -bradley_terry.log_likelihood(scores, winners, losers)
-        got = _tensor(_call(nll, scores.clone(), winners, losers), expected, "negative log-likelihood")
-        slip = _first_matching_slip(got, {
-            "that is the log-likelihood itself, which is <= 0; the exercise asks for minus it": -expected,
-            "that looks like an average over comparisons; the exercise asks for the sum": expected / len(winners),
-            "winners and losers look swapped": -bradley_terry.log_likelihood(scores, losers, winners),
-        })
-        if slip:
-            raise _Wrong(slip)
-        _close(got, expected, "negative log-likelihood", atol=1e-8)
-        # float32 upsets and landslides: score gaps of +-120 and +-1000
-        extreme_scores = torch.tensor([0.0, 120.0, 1000.0])
-        extreme_winners, extreme_losers = torch.tensor([1, 0, 2, 0]), torch.tensor([0, 1, 0, 2])
-        extreme_expected = -bradley_terry.log_likelihood(extreme_scores, extreme_winners, extreme_losers)
-        _close(_call(nll, extreme_scores.clone(), extreme_winners, extreme_losers), extreme_expected,
-               "negative log-likelihood for score gaps of +-120 and +-1000 in float32", atol=1e-4, rtol=1e-6)
-        shifted = _call(nll, scores + 3.0, winners, losers)
-        _close(shifted, expected, "negative log-likelihood after adding 3 to every score", atol=1e-8)
-        return "equals -sum log sigmoid(s_w - s_l), stays finite for gaps of 1000, and a constant added to every score changes nothing"
-
-    return _verdict("Bradley-Terry negative log-likelihood", body)
-
 
 # ------------------------------------- 01 Bradley-Terry: predict the naive ratio's nan
 

@@ -10,7 +10,6 @@ from .. import bandit
 from ._checking import (
     _call,
     _close,
-    _digits,
     _first_matching_slip,
     _matches,
     _NotAttempted,
@@ -19,62 +18,6 @@ from ._checking import (
     _verdict,
     _Wrong,
 )
-
-# ---------------------------------------------------------- 02 optimal policy
-
-def check_02_optimal_policy(optimal: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> bool:
-    """optimal(ref_probs, rewards, beta) -> pi*, for ref_probs and rewards of shape (..., K), normalised over the
-    last axis (K responses); stable for tiny beta."""
-
-    def body() -> str:
-        generator = torch.Generator().manual_seed(2)
-        ref_probs = torch.softmax(torch.randn(5, generator=generator, dtype=torch.float64), -1)
-        rewards = torch.randn(5, generator=generator, dtype=torch.float64)
-        got = _tensor(_call(optimal, ref_probs.clone(), rewards.clone(), 0.1), ref_probs, "pi* at beta=0.1")
-        slip = _first_matching_slip(got, {
-            "pi_ref enters as a probability where log space needs its log": torch.softmax(ref_probs + rewards / 0.1, -1),
-            "beta works the wrong way round: a smaller beta must move pi* further from pi_ref, towards the best reward":
-                torch.softmax(ref_probs.log() + rewards * 0.1, -1),
-        })
-        if slip:
-            raise _Wrong(slip)
-        for beta in (10.0, 1.0, 0.1, 1e-4):
-            _close(_call(optimal, ref_probs.clone(), rewards.clone(), beta), bandit.optimal_policy(ref_probs, rewards, beta), f"pi* at beta={beta}", atol=1e-8)
-        batch_ref = torch.softmax(torch.randn(3, 5, generator=generator, dtype=torch.float64), -1)
-        batch_rewards = torch.randn(3, 5, generator=generator, dtype=torch.float64)
-        for beta in (1.0, 1e-4):
-            try:
-                _close(_call(optimal, batch_ref.clone(), batch_rewards.clone(), beta), bandit.optimal_policy(batch_ref, batch_rewards, beta), "pi*", atol=1e-8)
-            except _Wrong as error:
-                raise _Wrong(f"right for one distribution, wrong for a batch of 3 rows of 5 responses at beta={beta}, "
-                             f"where each row is its own distribution over the last axis ({error})") from None
-        return "pi_ref exp(r/beta)/Z row by row, stable down to beta = 0.0001"
-
-    return _verdict("optimal policy", body)
-
-
-def check_02_log10_sequences(value: float, vocab_size: int, length: int) -> bool:
-    """log10 of the number of token sequences of exactly `length` tokens."""
-
-    def body() -> str:
-        if value is None:
-            raise _NotAttempted
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e15:
-            raise _Wrong(f"got an integer with about {_digits(value)} digits: that is the count itself, and the exercise asks for its log10")
-        got = _number(value, "log10 of the count")
-        expected = length * math.log10(vocab_size)
-        if abs(got - expected) < 1e-6 * max(1.0, expected):
-            return f"|V|^T = 10^{expected:.1f} sequences of {length} tokens"
-        if not math.isfinite(got):
-            raise _Wrong(f"got {got}: the count overflowed; take the logarithm before anything gets that large")
-        if abs(got - length * math.log(vocab_size)) < 1e-6 * got:
-            raise _Wrong("that is the natural logarithm (base e); the exercise asks for log10")
-        if abs(got - math.log10(vocab_size)) < 1e-6:
-            raise _Wrong("that counts sequences of one token; the count must grow with the length T")
-        raise _Wrong(f"got {got:.6g}; hint: the count is a power, and the logarithm of a power need not form the power")
-
-    return _verdict("counting sequences", body)
-
 
 # ------------------------------------- 02 optimal policy: the KL at the two ends
 

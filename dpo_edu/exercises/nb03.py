@@ -10,86 +10,12 @@ import torch.nn.functional as F
 from .. import losses
 from ._checking import (
     _call,
-    _close,
-    _extreme_margin_logps,
-    _first_matching_slip,
     _NotAttempted,
     _number,
     _random_logps,
-    _tensor,
     _verdict,
     _Wrong,
 )
-
-# --------------------------------------------------------------- 03 DPO loss
-
-def _dpo_slips(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> dict[str, torch.Tensor]:
-    """What the usual slips in a DPO loss return, keyed by the hint that names each slip."""
-    margin = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
-    return {
-        "the margin's sign looks flipped: chosen and rejected swapped, or reference minus policy instead of "
-        "policy minus reference": -F.logsigmoid(-margin),
-        "every loss is negative: the minus in front of the loss looks missing": F.logsigmoid(margin),
-        "beta looks missing: your losses are those of beta = 1": -F.logsigmoid(margin / beta),
-        "the reference log-probs look unused: each log-prob must be measured against the reference's":
-            -F.logsigmoid(beta * (policy_chosen - policy_rejected)),
-    }
-
-
-def check_03_dpo_loss(dpo: Callable[..., torch.Tensor]) -> bool:
-    """dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,) losses,
-    finite for margins of +-1000 in float32."""
-
-    def body() -> str:
-        logps = _random_logps(3)
-        expected = losses.dpo_loss(*logps, 0.1)[0]
-        got = _tensor(_call(dpo, *(logp.clone() for logp in logps), 0.1), expected, "DPO losses at beta=0.1")
-        slip = _first_matching_slip(got, _dpo_slips(*logps, 0.1))
-        if slip:
-            raise _Wrong(slip)
-        for beta in (0.1, 0.5):
-            expected = losses.dpo_loss(*logps, beta)[0]
-            _close(_call(dpo, *(logp.clone() for logp in logps), beta), expected, f"DPO losses at beta={beta}", atol=1e-8)
-        extreme = _extreme_margin_logps()
-        _close(_call(dpo, *(logp.clone() for logp in extreme), 1.0), losses.dpo_loss(*extreme, 1.0)[0],
-               "DPO losses at margins of +-120 and +-1000 in float32", atol=1e-4, rtol=1e-6)
-        same = torch.full((4,), -12.0, dtype=torch.float64)
-        _close(_call(dpo, same, same.clone(), same.clone(), same.clone(), 0.1), torch.full((4,), math.log(2), dtype=torch.float64), "loss when policy == reference")
-        return "matches dpo_edu.losses.dpo_loss, stays finite at margins of +-1000, and gives ln 2 when policy == reference"
-
-    return _verdict("DPO loss", body)
-
-
-def check_03_gradient_weight(weight: Callable[..., torch.Tensor]) -> bool:
-    """weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) -> (B,).
-
-    The factor in front of (grad log pi_w - grad log pi_l) in minus the loss's
-    gradient, divided by beta: it must equal what autograd finds.
-    """
-
-    def body() -> str:
-        policy_chosen, policy_rejected, ref_chosen, ref_rejected = _random_logps(4)
-        policy_chosen = policy_chosen.clone().requires_grad_(True)
-        beta = 0.3
-        loss, _, _ = losses.dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
-        (gradient,) = torch.autograd.grad(loss.sum(), policy_chosen)
-        expected = -gradient / beta  # d loss / d log pi_w = -beta * weight
-        got = _tensor(_call(weight, policy_chosen.detach().clone(), policy_rejected.clone(), ref_chosen.clone(), ref_rejected.clone(), beta),
-                      expected, "gradient weight")
-        margin = beta * ((policy_chosen.detach() - ref_chosen) - (policy_rejected - ref_rejected))
-        slip = _first_matching_slip(got, {
-            "your weights are largest for the pairs the policy already ranks right; they should be largest where it is wrong":
-                torch.sigmoid(margin),
-            "beta looks missing from the implicit rewards: your weights are those of beta = 1": torch.sigmoid(-margin / beta),
-            "your weights are beta times too large: the exercise divides the gradient by beta": beta * expected,
-        })
-        if slip:
-            raise _Wrong(slip)
-        _close(got, expected, "gradient weight", atol=1e-8)
-        return "sigmoid(r_hat_l - r_hat_w): largest for the pairs the policy gets wrong, as autograd agrees"
-
-    return _verdict("gradient weight", body)
-
 
 # ------------------------------------------ 03 DPO loss: what one step does
 

@@ -9,49 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import bandit
-from ._checking import _call, _close, _matches, _NotAttempted, _number, _tensor, _verdict, _Wrong
-
-# ------------------------------------------------------------------ 05 bandit
-
-def check_05_total_variation(function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
-    """function(p (..., K), q (..., K)) -> TV distance (...)."""
-    from ..bandit import total_variation
-
-    def body() -> str:
-        generator = torch.Generator().manual_seed(6)
-        p = torch.softmax(torch.randn(4, 5, generator=generator, dtype=torch.float64), -1)
-        q = torch.softmax(torch.randn(4, 5, generator=generator, dtype=torch.float64), -1)
-        expected = total_variation(p, q)
-        got = _tensor(_call(function, p.clone(), q.clone()), expected, "TV distance")
-        if _matches(got, 2 * expected):
-            raise _Wrong("exactly twice the TV distance, which lies between 0 and 1")
-        _close(got, expected, "TV distance", atol=1e-10)
-        _close(_call(function, p.clone(), p.clone()), torch.zeros(4, dtype=torch.float64), "TV(p, p)")
-        return "half the L1 distance: 0 for equal policies, at most 1"
-
-    return _verdict("total variation", body)
-
-
-def check_05_ipo_ratio(ratio: Callable[[float, float, float], float]) -> bool:
-    """ratio(ref_w, ref_l, beta) -> pi(y_w) / pi(y_l) where IPO settles when y_w always beats y_l (two responses)."""
-
-    def body() -> str:
-        for ref_w, ref_l, beta in ((0.2, 0.8, 1.0), (0.5, 0.5, 0.1), (0.7, 0.3, 0.25)):
-            expected = ref_w / ref_l * math.exp(1 / (2 * beta))
-            got = _number(_call(ratio, ref_w, ref_l, beta), f"ratio at ref=({ref_w}, {ref_l}), beta={beta}")
-            if abs(got - expected) <= 1e-6 * expected:
-                continue
-            if math.isclose(got, expected * ref_l / ref_w, rel_tol=1e-6):
-                raise _Wrong("the reference's own ratio pi_ref(y_w)/pi_ref(y_l) is missing: "
-                             "h is measured against the reference")
-            if math.isclose(got, expected * (ref_l / ref_w) ** 2, rel_tol=1e-6):
-                raise _Wrong("the reference's ratio looks upside down")
-            raise _Wrong(f"ref=({ref_w}, {ref_l}), beta={beta}: got {got:.6g}; "
-                         "hint: where is IPO's loss (h - 1/(2 beta))^2 zero, and what is h?")
-        return "pi_w/pi_l = (ref_w/ref_l) exp(1/(2 beta)): finite, unlike DPO's"
-
-    return _verdict("IPO's fixed point", body)
-
+from ._checking import _call, _matches, _NotAttempted, _number, _tensor, _verdict, _Wrong
 
 # ------------------------------------------------------- 05 bandit: coverage
 

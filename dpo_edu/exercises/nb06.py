@@ -2,77 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
 
-import torch
-
-from ._checking import _call, _NotAttempted, _number, _verdict, _Wrong
-
-# ---------------------------------------------------------------- 06 full run
-
-def check_06_win_rate(function: Callable[[list, list], float]) -> bool:
-    """function(policy_rewards, reference_rewards) -> the fraction of prompts the policy wins, ties counting 1/2.
-
-    Any number type passes (Python, numpy, a float32 or float64 0-d tensor), within 1e-6.
-    """
-    from ..evaluate import win_rate
-
-    def body() -> str:
-        generator = torch.Generator().manual_seed(6)
-        for n in (1, 7, 50):
-            # rewards on a coarse grid, so ties happen (VADER gives many exact zeros)
-            policy = (torch.randint(-2, 3, (n,), generator=generator) / 2).tolist()
-            reference = (torch.randint(-2, 3, (n,), generator=generator) / 2).tolist()
-            got = _number(_call(function, list(policy), list(reference)), f"win rate ({n} prompts)")
-            expected = win_rate(policy, reference)
-            if math.isclose(got, expected, abs_tol=1e-6):
-                continue
-            wins = sum(p > r for p, r in zip(policy, reference))
-            ties = sum(p == r for p, r in zip(policy, reference))
-            slips = {
-                "ties look like they count as losses; a tie counts one half": wins / n,
-                "ties look like they count as wins; a tie counts one half": (wins + ties) / n,
-                "that is a count of prompts, not a fraction of them": expected * n,
-                "that looks like a percentage; return a fraction between 0 and 1": 100 * expected,
-            }
-            for hint, value in slips.items():
-                if math.isclose(got, value, abs_tol=1e-6):
-                    raise _Wrong(f"for {n} prompts: {hint}")
-            raise _Wrong(f"for {n} prompts got {got:.4f}, expected {expected:.4f}")
-        return "wins count 1, ties 1/2, losses 0"
-
-    return _verdict("win rate", body)
-
-
-def check_06_kl_estimate(function: Callable[[torch.Tensor, torch.Tensor], float]) -> bool:
-    """function(policy_logps, reference_logps) -> KL(policy || reference) estimated from the policy's own samples.
-
-    The test log-ratios have both signs, as real samples' do: only their average must be >= 0.
-    """
-
-    def body() -> str:
-        generator = torch.Generator().manual_seed(7)
-        reference_logps = -20 + 5 * torch.rand(64, generator=generator)
-        log_ratios = 0.3 + torch.randn(64, generator=generator)  # mostly positive, some negative
-        policy_logps = reference_logps + log_ratios
-        got = _number(_call(function, policy_logps.clone(), reference_logps.clone()), "KL estimate")
-        expected = log_ratios.mean().item()
-        if math.isclose(got, expected, rel_tol=1e-5, abs_tol=1e-6):
-            return "the mean log-ratio over the policy's own samples"
-        slips = {
-            "the sign looks flipped: which of the two policies drew the samples, and so comes first in the KL?": -expected,
-            "a sample's log-ratio can be negative; taking its absolute value biases the estimate upwards": log_ratios.abs().mean().item(),
-            "negative log-ratios look clipped to 0; a sample's log-ratio can be negative, and the estimate must keep it":
-                log_ratios.clamp_min(0).mean().item(),
-            "that looks like a sum over the samples; an estimate of an expectation is an average": log_ratios.sum().item(),
-        }
-        for hint, value in slips.items():
-            if math.isclose(got, value, rel_tol=1e-5, abs_tol=1e-6):
-                raise _Wrong(hint)
-        raise _Wrong(f"got {got:.4f}, which is not the estimate: the KL is an expectation under the policy of a log-ratio")
-
-    return _verdict("KL estimate", body)
-
+from ._checking import _NotAttempted, _number, _verdict, _Wrong
 
 # ------------------------------------------- 06: the numbers of a run's first step (predict)
 

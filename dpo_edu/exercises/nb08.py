@@ -5,138 +5,15 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .. import losses
 from ._checking import (
     _NotAttempted,
     _call,
-    _close,
-    _extreme_margin_logps,
-    _first_matching_slip,
     _number,
-    _random_logps,
-    _tensor,
     _verdict,
     _Wrong,
 )
-
-# ------------------------------------------------------------ 08 beyond DPO
-
-def check_08_robust_loss(robust: Callable[..., torch.Tensor]) -> bool:
-    """robust(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, eps) -> rDPO's per-pair losses (B,),
-    (-(1-eps) log sigma(z) + eps log sigma(-z)) / (1 - 2 eps) with z = beta h; finite at margins of +-1000 in float32."""
-
-    def body() -> str:
-        logps = _random_logps(0)
-        eps = 0.2
-        expected = losses.dpo_loss(*logps, 0.1, loss_type="robust", label_smoothing=eps)[0]
-        got = _tensor(_call(robust, *(logp.clone() for logp in logps), 0.1, eps), expected, "robust losses at beta=0.1, eps=0.2")
-        z = 0.1 * ((logps[0] - logps[2]) - (logps[1] - logps[3]))
-        slip = _first_matching_slip(got, {
-            "these are cDPO's losses (label smoothing: - eps log sigma(-z)); the robust loss adds + eps log sigma(-z) "
-            "and divides by 1 - 2 eps": -(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z),
-            "the division by 1 - 2 eps is missing: without it the expected loss under flipped labels is not the clean loss":
-                -(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z),
-            "the factor 1 - 2 eps multiplies instead of dividing": (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) * (1 - 2 * eps),
-            "eps looks unused: these are plain DPO losses": -F.logsigmoid(z),
-            "the weights look swapped: (1 - eps) belongs to log sigma(z), the label as given, and eps to the flipped label":
-                (-eps * F.logsigmoid(z) + (1 - eps) * F.logsigmoid(-z)) / (1 - 2 * eps),
-        })
-        if slip:
-            raise _Wrong(slip)
-        for seed in (0, 1):
-            logps = _random_logps(seed)
-            for beta, eps in ((0.1, 0.1), (1.0, 0.3), (0.5, 0.0)):
-                expected = losses.dpo_loss(*logps, beta, loss_type="robust", label_smoothing=eps)[0]
-                _close(_call(robust, *(logp.clone() for logp in logps), beta, eps), expected, f"robust loss at beta={beta}, eps={eps}")
-        extreme = _extreme_margin_logps()
-        _close(_call(robust, *(logp.clone() for logp in extreme), 1.0, 0.2),
-               losses.dpo_loss(*extreme, 1.0, loss_type="robust", label_smoothing=0.2)[0],
-               "robust losses at margins of +-120 and +-1000 in float32", atol=1e-3, rtol=1e-6)
-        return "the flipped-label term enters with a plus sign, and 1 / (1 - 2 eps) makes the expected loss the clean one"
-
-    return _verdict("robust loss", body)
-
-
-def _08_lengths(seed: int, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(torch.randint(3, 40, (batch,), generator=generator).to(torch.float64) for _ in range(2))
-
-
-def check_08_simpo_loss(simpo: Callable[..., torch.Tensor]) -> bool:
-    """simpo(policy_chosen, policy_rejected, chosen_lengths, rejected_lengths, beta, gamma) -> SimPO's per-pair losses (B,),
-    -log sigma(beta (logp_w / |y_w| - logp_l / |y_l|) - gamma); no reference."""
-
-    def body() -> str:
-        policy_chosen, policy_rejected, _, _ = _random_logps(0)
-        chosen_lengths, rejected_lengths = _08_lengths(0)
-        beta, gamma = 2.0, 0.5
-        expected = losses.dpo_loss(policy_chosen, policy_rejected, beta=beta, loss_type="simpo", simpo_gamma=gamma,
-                                   chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)[0]
-        got = _tensor(_call(simpo, policy_chosen.clone(), policy_rejected.clone(), chosen_lengths.clone(), rejected_lengths.clone(),
-                            beta, gamma), expected, "SimPO losses at beta=2, gamma=0.5")
-        average = policy_chosen / chosen_lengths - policy_rejected / rejected_lengths
-        summed = policy_chosen - policy_rejected
-        slip = _first_matching_slip(got, {
-            "the log-probs are not divided by their lengths: SimPO compares per-token means": -F.logsigmoid(beta * summed - gamma),
-            "gamma looks multiplied by beta: it is subtracted after the scaling, -log sigma(beta * margin - gamma)":
-                -F.logsigmoid(beta * (average - gamma)),
-            "gamma looks outside the log-sigmoid, where no gradient sees it": -F.logsigmoid(beta * average) - gamma,
-            "gamma's sign looks flipped: the margin must exceed gamma, so gamma is subtracted": -F.logsigmoid(beta * average + gamma),
-            "gamma looks unused": -F.logsigmoid(beta * average),
-            "the lengths look swapped between chosen and rejected":
-                -F.logsigmoid(beta * (policy_chosen / rejected_lengths - policy_rejected / chosen_lengths) - gamma),
-        })
-        if slip:
-            raise _Wrong(slip)
-        for seed in (0, 1):
-            policy_chosen, policy_rejected, _, _ = _random_logps(seed)
-            chosen_lengths, rejected_lengths = _08_lengths(seed)
-            for beta, gamma in ((2.0, 1.0), (10.0, 0.0), (0.5, 0.3)):
-                expected = losses.dpo_loss(policy_chosen, policy_rejected, beta=beta, loss_type="simpo", simpo_gamma=gamma,
-                                           chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)[0]
-                _close(_call(simpo, policy_chosen.clone(), policy_rejected.clone(), chosen_lengths.clone(), rejected_lengths.clone(),
-                             beta, gamma), expected, f"SimPO loss at beta={beta}, gamma={gamma}")
-        return "per-token mean log-probs, no reference, and the margin gamma subtracted inside the sigmoid"
-
-    return _verdict("SimPO loss", body)
-
-
-_08_NOISY_LOSSES = ("sigmoid", "cdpo", "robust")
-
-
-def _08_learned_probability(p: float, eps: float, loss: str) -> float:
-    noisy = (1 - eps) * p + eps * (1 - p)
-    return {"sigmoid": noisy, "cdpo": (1 - eps) * noisy + eps * (1 - noisy), "robust": p}[loss]
-
-
-def check_08_noisy_target(learned: Callable[[float, float, str], float]) -> bool:
-    """learned(p, eps, loss) -> sigma(z*), the preference probability the minimiser of the expected loss encodes,
-    for true probability p, labels flipped with probability eps, loss in ("sigmoid", "cdpo", "robust")."""
-
-    def body() -> str:
-        cases = [(p, eps) for p in (0.9, 0.7, 0.35) for eps in (0.1, 0.25)]
-        answers = {loss: [_number(_call(learned, p, eps, loss), f"loss={loss!r}, p={p}, eps={eps}") for p, eps in cases]
-                   for loss in _08_NOISY_LOSSES}
-        for loss in _08_NOISY_LOSSES:
-            for (p, eps), got in zip(cases, answers[loss]):
-                truth = _08_learned_probability(p, eps, loss)
-                if abs(got - truth) <= 1e-6:
-                    continue
-                where = f"loss={loss!r}, p={p}, eps={eps}"
-                if abs(got - p) <= 1e-9:
-                    raise _Wrong(f"{where}: that is the clean probability p; what do the flipped labels say, and does this loss undo them?")
-                if abs(got - _08_learned_probability(p, eps, "sigmoid")) <= 1e-9:
-                    raise _Wrong(f"{where}: that is the noisy labels' probability, where DPO lands; this loss treats the labels differently")
-                if abs(got - _08_learned_probability(p, eps, "cdpo")) <= 1e-9:
-                    raise _Wrong(f"{where}: that is cDPO's target (smoothed twice)")
-                raise _Wrong(f"{where}: got {got:.4g}; hint: write the expected loss over the labels as a * (-log sigma(z)) "
-                             "+ b * (-log sigma(-z)); its minimiser is sigma(z*) = a / (a + b)")
-        return "DPO learns the noisy probability, cDPO smooths it again, the robust loss recovers the clean one"
-
-    return _verdict("noisy-label targets", body)
-
 
 # ------------------------------------- 08: which losses stay bounded on one-label data (predict)
 

@@ -12,7 +12,8 @@ The symptoms, each with the step(s) and the numbers, and where the course explai
 2. the loss collapsing towards 0 with accuracy 1 within a few steps;
 3. likelihood displacement: the chosen reward below 0 while the margin grows (common, not by itself a fault);
 4. NaN or inf in the loss or grad_norm;
-5. the held-out KL (eval/kl, which `dpo-edu run` logs) running away.
+5. the held-out KL (eval/kl, which `dpo-edu run` logs) running away;
+6. the held-out DPO loss (eval/loss; TRL's eval_loss) rising while the training loss falls.
 
 The ln 2 check assumes the sigmoid (DPO) loss: IPO, hinge, SimPO and ORPO start elsewhere.
 
@@ -43,14 +44,17 @@ DISPLACEMENT_SHARE = 0.5
 # smaller: a first evaluation right after the start measures a KL near 0)
 KL_RUNAWAY_RATIO = 2.0
 KL_FLOOR = 0.1
+# the held-out DPO loss "rises" when its last value is this far above its lowest while the training loss fell
+HELDOUT_RISE = 0.01
 
-TRL_NAMES = {"learning_rate": "lr"}  # TRL's log name -> dpo-edu's; the rewards/*, logps/* names are the same
+TRL_NAMES = {"learning_rate": "lr", "eval_loss": "eval/loss"}  # TRL's log name -> dpo-edu's; the rewards/*, logps/* names are the same
 SEE = {
-    "ln 2": "notebook 06, Exercise 2 (the three causes of ln 2); notebook 03 §3 (why step 1 is ln 2)",
-    "collapse": "notebook 08 §2 (deterministic preferences: DPO's margin runs away, IPO's stays bounded)",
-    "displacement": "notebook 06 §5 (likelihood displacement); notebook 03 §4b (why a step can lower log pi(y_w))",
-    "non-finite": "notebook 09 (the clinic), to come",
-    "kl": "notebook 06 §6 (held-out reward, win rate and KL); notebook 07 (the reward-KL frontier)",
+    "ln 2": "notebook 09 §1 (the four causes of ln 2, each reproduced); notebook 03 §3 (why step 1 is ln 2)",
+    "collapse": "notebook 09 §2 (template pairs against on-policy pairs); notebook 08 §2 (deterministic preferences)",
+    "displacement": "notebook 09 §3 (pairs seen and unseen, RPO); notebook 06 §5 (likelihood displacement)",
+    "non-finite": "notebook 09 §5 (pure fp16 without loss scaling; a bad row)",
+    "kl": "notebook 09 §4 (the learning rate); notebook 06 §6 (held-out reward, win rate and KL)",
+    "held-out": "notebook 09 §4 (a held-out DPO loss beside the training loss)",
 }
 
 
@@ -157,12 +161,20 @@ def _records(path: Path, data: list | dict) -> tuple[str, list[dict]]:
 
 
 def _normalise(records: list[dict]) -> list[dict]:
-    """The records with a loss, in dpo-edu's names, each with a `step` (its position when it has none)."""
+    """The records with a loss, in dpo-edu's names, each with a `step` (its position when it has none).
+
+    TRL logs an evaluation as a record of its own (eval_loss, no loss): its eval_loss joins the last step record
+    logged before it, as "eval/loss" (dpo-edu's hook logs it in the step's own record).
+    """
     steps = []
     for position, record in enumerate(records, 1):
-        if not isinstance(record, dict) or not isinstance(record.get("loss"), (int, float)):
+        if not isinstance(record, dict):
             continue
         row = {TRL_NAMES.get(key, key): value for key, value in record.items()}
+        if not isinstance(record.get("loss"), (int, float)):
+            if steps and isinstance(row.get("eval/loss"), (int, float)):
+                steps[-1]["eval/loss"] = row["eval/loss"]
+            continue
         row.setdefault("step", position)
         steps.append(row)
     return steps
@@ -245,16 +257,27 @@ def check_ln2(records: list[dict]) -> Finding:
     return Finding("loss stuck at ln 2", True, detail, tuple(r["step"] for r in stalled), SEE["ln 2"])
 
 
+def _first_epoch(records: list[dict]) -> list[dict]:
+    """The records of the first pass over the pairs (dpo-edu's epoch 0; TRL's epoch <= 1), or all when no epoch is
+    logged: there each line measures pairs the policy has not been trained on yet."""
+    epochs = [_number(record, "epoch") for record in records]
+    if any(epoch is None for epoch in epochs):
+        return records
+    first = 1.0 if any(isinstance(record["epoch"], float) for record in records) else 0  # TRL: fractions of an epoch
+    return [record for record, epoch in zip(records, epochs) if epoch <= first]
+
+
 def check_collapse(records: list[dict]) -> Finding:
-    """Symptom 2: the loss below COLLAPSE_LOSS with accuracy 1 by step COLLAPSE_STEPS."""
-    early = [record for record in records if record["step"] <= COLLAPSE_STEPS]
+    """Symptom 2: the loss below COLLAPSE_LOSS with accuracy 1 by step COLLAPSE_STEPS, on pairs not yet trained on
+    (the first epoch: a loss near 0 on pairs seen before is memorisation, which the held-out loss shows)."""
+    early = [record for record in _first_epoch(records) if record["step"] <= COLLAPSE_STEPS]
     collapsed = [record for record in early
                  if record["loss"] < COLLAPSE_LOSS and (_number(record, "rewards/accuracies") or 0) >= 1]
     if not collapsed:
         low = min((record["loss"] for record in early), default=math.nan)
         return Finding("loss collapsed to 0", False,
-                       f"lowest loss by step {COLLAPSE_STEPS}: {low:.4f} (a collapse: below {COLLAPSE_LOSS} with "
-                       f"rewards/accuracies 1)")
+                       f"lowest first-epoch loss by step {COLLAPSE_STEPS}: {low:.4f} (a collapse: below "
+                       f"{COLLAPSE_LOSS} with rewards/accuracies 1)")
     first = collapsed[0]
     detail = (f"loss {first['loss']:.3g} with rewards/accuracies 1 at step {first['step']} (margin "
               f"{_number(first, 'rewards/margins') or math.nan:.3g}): the pairs are told apart trivially (chosen and "
@@ -313,7 +336,29 @@ def check_kl(records: list[dict]) -> Finding:
     return Finding("KL running away", found, detail, tuple(r["step"] for r in rows) if found else (), SEE["kl"])
 
 
-CHECKS = (check_ln2, check_collapse, check_displacement, check_finite, check_kl)
+def check_heldout(records: list[dict]) -> Finding:
+    """Symptom 6: the held-out DPO loss (eval/loss; TRL's eval_loss) rising from its lowest while the training loss
+    falls: the pairs trained on are being fitted, the held-out ones no longer."""
+    rows = [record for record in records if (value := _number(record, "eval/loss")) is not None
+            and math.isfinite(value)]
+    if len(rows) < 2:
+        return Finding("held-out loss rising", False, "fewer than 2 held-out losses (eval/loss, eval_loss) in the log")
+    lowest = min(rows, key=lambda record: record["eval/loss"])
+    last = rows[-1]
+    train = [record["loss"] for record in records if record["step"] >= lowest["step"]]
+    found = last["eval/loss"] > lowest["eval/loss"] + HELDOUT_RISE and train[-1] < train[0]
+    if lowest is last:
+        return Finding("held-out loss rising", False, f"eval/loss {rows[0]['eval/loss']:.4f} at step "
+                       f"{rows[0]['step']} -> {last['eval/loss']:.4f} at step {last['step']}, lowest at the end")
+    detail = (f"eval/loss lowest {lowest['eval/loss']:.4f} at step {lowest['step']}, {last['eval/loss']:.4f} at step "
+              f"{last['step']}; training loss {train[0]:.4f} -> {train[-1]:.4f} over the same steps")
+    if found:
+        detail += "; stop at the lowest held-out loss (fewer epochs), or lower the learning rate"
+    return Finding("held-out loss rising", found, detail,
+                   tuple(r["step"] for r in rows if r["step"] > lowest["step"]) if found else (), SEE["held-out"])
+
+
+CHECKS = (check_ln2, check_collapse, check_displacement, check_finite, check_kl, check_heldout)
 
 
 def diagnose(path: str | Path) -> Diagnosis:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dpo_edu.train import METRIC_NAMES, TrainConfig, TrainingStopped, train_dpo
+from conftest import tiny_llama
 
 EXAMPLES = [
     {"prompt": "Review:", "chosen": "A wonderful film, I loved it.", "rejected": "Awful and dull."},
@@ -19,20 +20,9 @@ EXAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from dpo_edu.models import load_tokenizer
-
-    return load_tokenizer()
-
-
 def tiny_model(tokenizer, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
-    return LlamaForCausalLM(config)
+    """A 2-layer Llama of hidden size 32 with the tokenizer's vocabulary (conftest's `tiny_llama`)."""
+    return tiny_llama(len(tokenizer), seed=seed)
 
 
 def test_first_step_is_ln2_with_zero_margins_and_loss_falls(tokenizer, tmp_path):

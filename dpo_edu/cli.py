@@ -3,7 +3,7 @@
     dpo-edu verify     check every derivation step with sympy, and that each known slip fails
     dpo-edu run        the full DPO run: pairs -> training -> evaluation -> report (see dpo_edu.run);
                        --pairs FILE, or --prompts FILE --reward SPEC, for your own data; --model for another model
-    dpo-edu frontier   DPO and ODPO over a beta sweep and seeds: the reward-KL frontier (see dpo_edu.frontier)
+    dpo-edu frontier   DPO, ODPO, RLOO, best-of-N and Preferred-FT over seeds: the reward-KL frontier (dpo_edu.frontier)
     dpo-edu diagnose   read a training log (metrics.jsonl or TRL's trainer_state.json) for known symptoms
 """
 from __future__ import annotations
@@ -74,8 +74,8 @@ def frontier(args: argparse.Namespace) -> int:
         print("dpo-edu frontier: --resume continues a sweep and --overwrite replaces it; choose one", file=sys.stderr)
         return 2
     try:
-        sweep(args.profile, args.out, dense=args.dense, model=args.model, overwrite=args.overwrite, resume=args.resume,
-              progress=not args.quiet, precision=args.precision)
+        sweep(args.profile, args.out, methods=args.methods, betas=args.betas, dense=args.dense, model=args.model, overwrite=args.overwrite,
+              resume=args.resume, progress=not args.quiet, precision=args.precision)
     except (FileExistsError, FileNotFoundError, PermissionError, ValueError) as error:
         print(f"dpo-edu frontier: {error}", file=sys.stderr)
         return 2
@@ -122,6 +122,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _betas(text: str) -> list[float]:
+    """--betas' value: comma-separated positive numbers (argparse names the flag in its error)."""
+    try:
+        betas = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not betas or any(not beta > 0 for beta in betas):
+        raise argparse.ArgumentTypeError(f"every beta must be a number above 0, got {text!r}")
+    return betas
+
+
 def _input_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("your own data (default: the course's movie-review openings, scored by VADER)")
     group.add_argument("--pairs", default=None, metavar="FILE.jsonl",
@@ -163,9 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     _run_options(run_parser, "runs/dpo")
     _input_options(run_parser)
     _loss_options(run_parser)
-    frontier_parser = commands.add_parser("frontier", help="DPO and ODPO over a beta sweep and seeds: the reward-KL frontier")
+    frontier_parser = commands.add_parser("frontier", help="DPO, ODPO and the pipeline DPO replaces on one reward-KL frontier")
     _run_options(frontier_parser, "runs/frontier")
     frontier_parser.add_argument("--dense", action="store_true", help="sweep more betas (profile.frontier_dense_betas): for a GPU")
+    frontier_parser.add_argument("--methods", default=None, metavar="M1,M2",
+                                 help="comma-separated, of dpo, odpo, sft (Preferred-FT), rloo (against a reward model), "
+                                      "rloo-gold (against VADER), bon, bon-gold (best-of-N) (default: the profile's, dpo,odpo)")
+    frontier_parser.add_argument("--betas", default=None, type=_betas, metavar="B1,B2",
+                                 help="DPO's and ODPO's betas, comma-separated (default: the profile's; notebook 10 uses 0.1)")
     diagnose_parser = commands.add_parser("diagnose", help="read a training log for known symptoms (dpo_edu.diagnose)")
     diagnose_parser.add_argument("log", metavar="LOG",
                                  help="a dpo-edu metrics.jsonl, a TRL trainer_state.json, or a run folder with either")

@@ -69,7 +69,25 @@ class Profile:
     frontier_betas: tuple[float, ...]
     frontier_dense_betas: tuple[float, ...]  # --dense, for a GPU
     frontier_seeds: tuple[int, ...]
-    frontier_eval_every: int  # optimizer steps between checkpoints evaluated (and the last step)
+    frontier_eval_steps: tuple[int, ...]  # optimizer steps evaluated (and every run's last step): each run is a curve
+    frontier_epochs: int  # DPO, ODPO and Preferred-FT: passes over the pairs
+    frontier_methods: tuple[str, ...]  # `dpo-edu frontier`'s default (--methods): notebook 07's sweep
+    frontier_heldout_pair_prompts: int  # held-out prompts (after the evaluated ones) whose pairs measure the rewards
+    frontier_matched_kls: tuple[float, ...]  # KLs (nats) at which curves are compared
+    frontier_sft_learning_rate: float
+    frontier_rm_learning_rate: float
+    frontier_rm_epochs: int
+    frontier_rm_batch_size: int
+    frontier_rm_train_body: bool  # False: only the scalar head trains (a linear probe of the last token's features)
+    frontier_rloo_beta: float  # the per-sequence KL penalty inside RLOO's reward
+    frontier_rloo_k: int  # samples per prompt
+    frontier_rloo_prompts_per_step: int
+    frontier_rloo_steps: int
+    frontier_rloo_learning_rate: float
+    frontier_bon_ns: tuple[int, ...]
+    # 10 rlhf: the same engine with every method, DPO at its own betas
+    rlhf_methods: tuple[str, ...]
+    rlhf_betas: tuple[float, ...]
     frontier_learning_rate: float
     frontier_warmup_steps: int
     frontier_odpo_alpha: float
@@ -154,7 +172,24 @@ PROFILES: dict[str, Profile] = {
         frontier_betas=(0.1, 0.5),
         frontier_dense_betas=(0.1, 0.3, 0.5),
         frontier_seeds=(0,),
-        frontier_eval_every=2,
+        frontier_eval_steps=(1,),
+        frontier_epochs=1,
+        frontier_methods=("dpo", "odpo"),
+        frontier_heldout_pair_prompts=4,
+        frontier_matched_kls=(0.01,),
+        frontier_sft_learning_rate=1e-4,
+        frontier_rm_learning_rate=5e-5,
+        frontier_rm_epochs=1,
+        frontier_rm_batch_size=4,
+        frontier_rm_train_body=False,
+        frontier_rloo_beta=0.05,
+        frontier_rloo_k=2,
+        frontier_rloo_prompts_per_step=2,
+        frontier_rloo_steps=2,
+        frontier_rloo_learning_rate=1e-4,
+        frontier_bon_ns=(1, 2),
+        rlhf_methods=("dpo", "sft", "rloo", "rloo-gold", "bon", "bon-gold"),
+        rlhf_betas=(0.1,),
         frontier_learning_rate=1e-4,
         frontier_warmup_steps=0,
         frontier_odpo_alpha=1.0,
@@ -227,15 +262,34 @@ PROFILES: dict[str, Profile] = {
         run_max_prompt_length=32,
         run_seed=0,
         run_checkpoint_every=20,
-        frontier_train_prompts=100,  # about 96 pairs: 24 steps of 4 pairs
+        frontier_train_prompts=200,  # about 188 best-vs-worst pairs
         frontier_small_pairs=0,
-        frontier_heldout_prompts=120,
+        frontier_heldout_prompts=96,
         frontier_max_new_tokens=16,
         frontier_batch_size=4,
-        frontier_betas=(0.05, 0.2, 1.0, 5.0),  # 100x, as the DPO paper's IMDb sweep (0.05 to 5)
+        frontier_betas=(0.05, 5.0),  # the ends of the DPO paper's IMDb sweep, 100x apart (notebook 07)
         frontier_dense_betas=(0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
         frontier_seeds=(0, 1),
-        frontier_eval_every=24,  # the last step only: an evaluation of 120 prompts costs as much as 12 training steps here
+        frontier_eval_steps=(4, 8, 16, 32),  # and each run's last step: every run is a curve
+        frontier_epochs=1,
+        frontier_methods=("dpo", "odpo"),
+        frontier_heldout_pair_prompts=48,
+        frontier_matched_kls=(0.5, 1.0, 2.0),
+        frontier_sft_learning_rate=1e-4,
+        # the reward model: a linear probe, early-stopped; trained through its body it memorised the pairs (train
+        # accuracy 1.00, held-out 0.39 on 93 pairs, 2026-12-06)
+        frontier_rm_learning_rate=3e-3,
+        frontier_rm_epochs=6,
+        frontier_rm_batch_size=16,
+        frontier_rm_train_body=False,
+        frontier_rloo_beta=0.05,
+        frontier_rloo_k=4,
+        frontier_rloo_prompts_per_step=8,
+        frontier_rloo_steps=16,
+        frontier_rloo_learning_rate=1e-4,  # as DPO's here: a CPU-budget rate
+        frontier_bon_ns=(1, 2, 4, 8, 16),
+        rlhf_methods=("dpo", "sft", "rloo", "rloo-gold", "bon", "bon-gold"),
+        rlhf_betas=(0.1,),
         frontier_learning_rate=1e-4,
         frontier_warmup_steps=2,
         frontier_odpo_alpha=1.0,

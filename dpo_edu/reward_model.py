@@ -99,6 +99,9 @@ class RewardConfig:
     max_grad_norm: float = 1.0
     max_length: int = 128  # tokens of prompt + response + EOS; longer rows keep their last tokens (the scored end)
     center_rewards_coefficient: float | None = None
+    # False: the body stays as loaded and only the scalar head trains (a linear probe of the last token's hidden
+    # state), each row's features computed once
+    train_body: bool = True
     use_chat_template: bool = False  # the course's prompts are text to continue (dpo_edu.stages.train_config)
     mixed_precision: str = "auto"  # accelerate's names: auto, no, fp16, bf16 (train.TrainConfig's)
     seed: int = 0
@@ -253,6 +256,20 @@ def _padded(rows: list[list[int]], pad: int, device) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
+@torch.no_grad()
+def last_token_features(model, rows: list[list[int]], pad: int, *, batch_size: int = 64) -> torch.Tensor:
+    """The body's last hidden state at the token the head reads (the rightmost one that is not `pad`, as
+    transformers' ForSequenceClassification picks it) for each row: (N, H), no gradient."""
+    body, device, out = getattr(model, model.base_model_prefix), next(model.parameters()).device, []
+    for start in range(0, len(rows), batch_size):
+        batch = _padded(rows[start:start + batch_size], pad, device)
+        hidden = body(**batch, use_cache=False).last_hidden_state
+        positions = torch.arange(hidden.shape[1], device=device)
+        last = (positions * (batch["input_ids"] != pad)).argmax(-1)
+        out.append(hidden[torch.arange(len(last), device=device), last])
+    return torch.cat(out)
+
+
 def _rewards(model, rows: list[list[int]], pad: int) -> torch.Tensor:
     """The model's scalar of each row: (B,) float32, with the graph (the caller decides about gradients)."""
     if model.config.pad_token_id is None:
@@ -316,9 +333,17 @@ def train_reward_model(model, tokenizer, pairs: list[dict], config: RewardConfig
              reward_row_ids(tokenizer, pair["prompt"], pair["rejected"], max_length=config.max_length,
                             use_chat_template=config.use_chat_template)) for pair in pairs]
     pad = pad_token_id(tokenizer)
+    if not config.train_body:
+        model.requires_grad_(False)
+        model.score.requires_grad_(True)
+        features = last_token_features(model, [row for pair in rows for row in pair], pad)  # (2P, H): w, l, w, l..
 
     def step_loss(prepared, items: list[int]):
-        rewards = _rewards(prepared, [rows[i][0] for i in items] + [rows[i][1] for i in items], pad)
+        if not config.train_body:
+            picked = torch.tensor([2 * i for i in items] + [2 * i + 1 for i in items])
+            rewards = model.score(features[picked]).squeeze(-1).float()
+        else:
+            rewards = _rewards(prepared, [rows[i][0] for i in items] + [rows[i][1] for i in items], pad)
         chosen, rejected = rewards.chunk(2)
         loss = bradley_terry_loss(chosen, rejected, config.center_rewards_coefficient)
         margins = (chosen - rejected).detach()

@@ -75,6 +75,8 @@ def _given(value) -> bool:
 def _started_with(name: str, value) -> str:
     if not _given(value):
         return f"without {flag(name)}"
+    if isinstance(value, (list, tuple)):  # --methods, --betas: as they are typed
+        value = ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
     return f"with {flag(name)}" if value is True else f"with {flag(name)} {value}"
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from dpo_edu.cli import main
 from dpo_edu.config import get_profile
-from dpo_edu.frontier import (beta_orders_kl, final_table, odpo_minus_dpo, offset_stats, pareto_envelope, ranks, settings_of,
-                              spearman)
+from dpo_edu.frontier import (beta_orders_kl, check_methods, curve_table, final_table, interpolate, kl_span, matched_kl, odpo_minus_dpo,
+                              offset_stats, settings_of, spearman)
 
 
 def rows_for(seed, method, reward_shift, kl_shift, prompt_rewards=(0.0, 0.0, 0.0)):
@@ -51,7 +51,6 @@ def test_odpo_minus_dpo_interval_is_1_96_standard_errors_over_prompts():
 def test_spearman_ranks_and_ties():
     assert spearman([0.05, 0.2, 1.0, 5.0], [3.0, 2.0, 1.0, 0.5]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
-    assert ranks([2.0, 1.0, 2.0]) == [2.5, 1.0, 2.5]
     assert spearman([1, 2, 3], [1, 1, 1]) != spearman([1, 2, 3], [1, 1, 1])  # nan: no order to rank
 
 
@@ -61,9 +60,57 @@ def test_beta_orders_kl_reads_each_seeds_last_checkpoint():
     assert row["method"] == "dpo" and row["per_seed"] == {0: -1.0, 1: -1.0} and row["mean"] == -1.0
 
 
-def test_pareto_envelope_keeps_only_undominated_points():
-    points = [(1.0, 0.2), (0.5, 0.1), (2.0, 0.15), (3.0, 0.4), (0.5, 0.05), (0.0, 0.0)]
-    assert pareto_envelope(points) == [(0.0, 0.0), (0.5, 0.1), (1.0, 0.2), (3.0, 0.4)]
+def curve(seed, method, kls, prompt_rewards, beta=None):
+    """One run's rows: checkpoint i at KL kls[i] with per-prompt rewards prompt_rewards[i]."""
+    return [{"seed": seed, "setting": "all pairs", "method": method, "beta": beta, "step": 2 * i, "kl": kl,
+             "rewards": list(rewards), "reward_mean": statistics.fmean(rewards), "reward_gain": 0.0,
+             "reward_gain_se": 0.0, "win_rate": 0.5} for i, (kl, rewards) in enumerate(zip(kls, prompt_rewards))]
+
+
+def test_interpolate_reads_a_curve_between_its_checkpoints_and_never_beyond():
+    points = curve(0, "dpo", (0.0, 1.0, 3.0), ((0.0, 0.0), (0.2, 0.4), (0.6, 0.4)))
+    assert interpolate(points, 0.5) == pytest.approx([0.1, 0.2])
+    assert interpolate(points, 2.0) == pytest.approx([0.4, 0.4])
+    assert interpolate(points, 3.0) == pytest.approx([0.6, 0.4])
+    assert interpolate(points, 3.5) is None  # no extrapolation
+
+
+def test_matched_kl_pairs_prompts_and_seeds_and_separates_only_beyond_two_standard_errors():
+    kls = (0.0, 1.0, 2.0)
+    rows = []
+    for seed, shift in ((0, 0.10), (1, 0.12)):
+        rows += curve(seed, "rloo-gold", kls, ((0.0, 0.0, 0.0), (0.3, 0.5, 0.4), (0.6, 0.7, 0.8)), beta=0.05)
+        rows += curve(seed, "dpo", kls, ((0.0, 0.0, 0.0), (0.3 - shift, 0.5 - shift, 0.4 - shift - 0.01),
+                                         (0.6, 0.7, 0.8)), beta=0.1)
+    (point,) = matched_kl(rows, ("all pairs", "rloo-gold", 0.05), ("all pairs", "dpo", 0.1), (1.0,))
+    differences = [0.10, 0.10, 0.11, 0.12, 0.12, 0.13]
+    assert point["difference"] == pytest.approx(statistics.fmean(differences)) and point["n"] == 6
+    assert point["se"] == pytest.approx(statistics.stdev(differences) / math.sqrt(6))
+    assert point["per_seed"] == pytest.approx({0: 0.31 / 3, 1: 0.37 / 3}) and point["separated"]
+    (same,) = matched_kl(rows, ("all pairs", "rloo-gold", 0.05), ("all pairs", "dpo", 0.1), (2.0,))
+    assert same["difference"] == pytest.approx(0.0) and not same["separated"]
+    assert matched_kl(rows, ("all pairs", "rloo-gold", 0.05), ("all pairs", "dpo", 0.1), (2.5,)) == []  # beyond a curve
+
+
+def test_seeds_that_disagree_are_not_separated_however_small_the_standard_error():
+    kls = (0.0, 1.0)
+    rows = (curve(0, "sft", kls, ((0.0,) * 4, (0.5,) * 4)) + curve(0, "bon-gold", kls, ((0.0,) * 4, (0.3,) * 4))
+            + curve(1, "sft", kls, ((0.0,) * 4, (0.3,) * 4)) + curve(1, "bon-gold", kls, ((0.0,) * 4, (0.31,) * 4)))
+    (point,) = matched_kl(rows, ("all pairs", "sft", None), ("all pairs", "bon-gold", None), (1.0,))
+    assert point["difference"] > 2 * point["se"] and point["per_seed"][1] < 0 and not point["separated"]
+
+
+def test_kl_span_is_over_the_checkpoints_not_the_reference():
+    rows = curve(0, "dpo", (0.0, 0.5, 4.0), ((0.0,), (0.1,), (0.2,)), beta=0.1)
+    assert kl_span(rows) == {"min": 0.5, "max": 4.0, "ratio": 8.0}
+
+
+def test_methods_are_checked_in_one_line():
+    assert check_methods("rloo,dpo") == ("dpo", "rloo") and check_methods(["bon", "sft"]) == ("sft", "bon")
+    with pytest.raises(ValueError, match=r"^unknown method 'ppo'; choose from dpo, odpo, sft, rloo, rloo-gold, bon, bon-gold"):
+        check_methods("dpo,ppo")
+    with pytest.raises(ValueError, match="no method given"):
+        check_methods(" , ")
 
 
 def test_offsets_with_the_score_scale_are_never_negative_on_pairs_the_run_keeps():
@@ -89,10 +136,14 @@ def test_small_data_trains_for_as_many_steps():
 FP32 = ["--precision", "fp32"]
 
 
+ALL = ["--methods", "dpo,odpo,sft,rloo,rloo-gold,bon,bon-gold"]
+TIMES = ("seconds_train",)  # the only fields of a row that differ between two runs of the same sweep
+
+
 @pytest.fixture(scope="module")
 def frontier_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("frontier") / "whole"
-    assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet", *FP32]) == 0
+    assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet", *ALL, *FP32]) == 0
     return out
 
 
@@ -100,48 +151,121 @@ def read_rows(folder):
     return [json.loads(line) for line in (folder / "frontier.jsonl").read_text().splitlines()]
 
 
-def test_the_smoke_frontier_writes_its_figure_table_and_rows(frontier_dir):
+def test_the_smoke_frontier_writes_a_curve_for_every_method_and_its_tables(frontier_dir):
     out = frontier_dir
     summary = json.loads((out / "summary.json").read_text())
     rows = read_rows(out)
     profile = get_profile("smoke")
-    runs = 2 * len(profile.frontier_betas) * len(profile.frontier_seeds)
-    assert summary["runs"] == runs and len(summary["final"]) == runs // len(profile.frontier_seeds)
+    betas, seeds = len(profile.frontier_betas), len(profile.frontier_seeds)
+    runs = (2 * betas + 5) * seeds
+    assert summary["runs"] == runs and sum(bool(row.get("final")) for row in rows) == runs
+    assert {row["method"] for row in rows} == {"dpo", "odpo", "sft", "rloo", "rloo-gold", "bon", "bon-gold"}
     assert sum(row["step"] == 0 for row in rows) == runs and all(row["kl"] == 0 for row in rows if row["step"] == 0)
-    assert sum(bool(row.get("final")) for row in rows) == runs
-    assert {row["method"] for row in rows} == {"dpo", "odpo"} and {row["setting"] for row in rows} == {"all pairs"}
-    finals = [row for row in rows if row.get("final")]
-    assert all(len(row["rewards"]) == profile.frontier_heldout_prompts for row in finals)
-    assert all(math.isfinite(row["rewards/chosen"]) and math.isfinite(row["rewards/rejected"]) for row in rows if row["step"] > 0)
-    (difference,) = summary["odpo_minus_dpo"]
-    assert difference["runs"] == runs // 2 and difference["prompts"] == profile.frontier_heldout_prompts
-    assert [row["method"] for row in summary["beta_orders_kl"]] == ["dpo", "odpo"]
+    assert all(len(row["rewards"]) == profile.frontier_heldout_prompts for row in rows)
+    for row in rows:  # every point is also its gain over the seed's reference, prompt by prompt
+        reference = next(r for r in rows if _same_run(r, row) and r["step"] == 0)
+        gains = [a - b for a, b in zip(row["rewards"], reference["rewards"])]
+        assert row["reward_gain"] == pytest.approx(statistics.fmean(gains))
+    trained = [row for row in rows if row["method"] in ("dpo", "sft", "rloo") and row["step"] > 0]
+    assert {row["step"] for row in trained} >= {1, 2}  # a curve: the checkpoint and the last step
+    bon = [row for row in rows if row["method"] == "bon" and row["step"] > 0]
+    assert [row["n"] for row in bon] == list(profile.frontier_bon_ns)
+    assert [row["kl"] for row in bon] == pytest.approx([math.log(n) - (n - 1) / n for n in profile.frontier_bon_ns])
+    rloo = [row for row in rows if row["method"] == "rloo-gold" and row.get("final")]
+    assert all(row["samples_drawn"] == row["step"] * profile.frontier_rloo_prompts_per_step * profile.frontier_rloo_k
+               for row in rloo)
+    dpo_final = [row for row in rows if row["method"] == "dpo" and row.get("final")]
+    assert all(set(row["implicit"]) >= {"accuracy", "chosen", "rejected", "spearman_within"} for row in dpo_final)
+    (reward_model,) = summary["reward_models"]
+    assert reward_model["heldout_pairs"] > 0 and 0 <= reward_model["heldout"]["accuracy"] <= 1
+    assert [row["method"] for row in summary["costs"]][:3] == ["dpo", "dpo", "odpo"]
+    assert {row["method"] for row in summary["beta_orders_kl"]} == {"dpo", "odpo"}
+    assert [c["b"][1] for c in summary["matched_kl"]] == ["dpo", "odpo", "odpo", "sft", "rloo", "rloo-gold", "bon",
+                                                         "bon-gold"]
     assert set(summary["offsets"]) == {str(seed) for seed in profile.frontier_seeds}
     assert (out / "frontier.png").stat().st_size > 10_000 and "![frontier](frontier.png)" in (out / "frontier.md").read_text()
     assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet"]) == 2  # never overwritten
 
 
+def _same_run(a, b):
+    return all(a[key] == b[key] for key in ("seed", "setting", "method", "beta"))
+
+
+def without_times(rows):
+    return sorted(({k: v for k, v in row.items() if k not in TIMES} for row in rows),
+                  key=lambda row: (row["seed"], row["setting"], row["method"], row["beta"] or 0, row["step"]))
+
+
 def test_ctrl_c_keeps_the_finished_runs_and_resume_does_the_rest(frontier_dir, tmp_path, monkeypatch, capsys, ctrl_c):
-    """Ctrl-C in the third training run: the two finished runs stay in frontier.jsonl, no traceback, and --resume
-    (with the sweep's own profile) ends with the rows of an uninterrupted sweep."""
+    """Ctrl-C in the second DPO run: the finished run stays in frontier.jsonl, no traceback, and --resume
+    (with the sweep's own profile and methods) ends with the rows an uninterrupted sweep made for those methods."""
     from dpo_edu import frontier as frontier_module
 
     out = tmp_path / "interrupted"
-    put_back = ctrl_c(frontier_module, run=3, step=1)
-    assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet", *FP32]) == 130
+    put_back = ctrl_c(frontier_module, run=2, step=1)
+    methods = ("dpo", "rloo-gold")
+    assert main(["frontier", "--profile", "smoke", "--out", str(out), "--quiet", "--methods", ",".join(methods),
+                 *FP32]) == 130
     error = capsys.readouterr()
     assert f"dpo-edu frontier --out {out} --resume" in error.err and "checkpoint" not in error.out + error.err
-    assert sum(bool(row.get("final")) for row in read_rows(out)) == 2
+    assert sum(bool(row.get("final")) for row in read_rows(out)) == 1
     put_back()
+    assert main(["frontier", "--out", str(out), "--resume", "--methods", "dpo"]) == 2  # not the sweep's methods
+    assert "was started with --methods dpo,rloo-gold; resume it without --methods" in capsys.readouterr().err
     monkeypatch.setenv("DPO_EDU_PROFILE", "full")
     assert main(["frontier", "--out", str(out), "--resume", "--quiet"]) == 0
+    expected = [row for row in read_rows(frontier_dir) if row["method"] in methods]
+    assert without_times(read_rows(out)) == without_times(expected)
 
-    def by_run(rows):
-        return sorted(rows, key=lambda row: (row["seed"], row["setting"], row["method"], row["beta"], row["step"]))
-
-    assert by_run(read_rows(out)) == by_run(read_rows(frontier_dir))
     def final(folder):
         table = json.loads((folder / "summary.json").read_text())["final"]
-        return sorted(table, key=lambda row: (row["setting"], row["method"], row["beta"]))
+        return sorted((row for row in table if row["method"] in methods),
+                      key=lambda row: (row["setting"], row["method"], row["beta"] or 0))
 
     assert final(out) == final(frontier_dir)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"frontier_rloo_k": 1}, "k must be >= 2"),
+    ({"frontier_bon_ns": (0, 4)}, "N"),
+    ({"frontier_rloo_learning_rate": -1.0}, "learning_rate"),
+])
+def test_bad_settings_fail_in_one_line_before_the_model_loads(change, message, tmp_path, monkeypatch):
+    from dpo_edu import frontier as frontier_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(frontier_module, "load_model", no_model)
+    profile = dataclasses.replace(get_profile("smoke"), **change)
+    with pytest.raises(ValueError, match=message) as error:
+        frontier_module.frontier(profile, tmp_path / "bad", methods="rloo,bon", log=None)
+    assert "\n" not in str(error.value) and not (tmp_path / "bad").exists()
+
+
+def test_an_unknown_method_is_one_line_on_the_command_line_and_makes_no_folder(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["frontier", "--profile", "smoke", "--out", str(out), "--methods", "dpo,ppo"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("dpo-edu frontier: unknown method 'ppo'; choose from") and "\n" not in error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("betas", ["0.1,-1", "0.1,x", ","])
+def test_bad_betas_are_one_line_on_the_command_line(betas, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["frontier", "--profile", "smoke", "--out", str(tmp_path / "never"), "--betas", betas])
+    assert exit_.value.code == 2 and "--betas" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_the_last_checkpoints_of_seeds_with_different_run_lengths_are_pooled_together():
+    """Seed 0 has 47 steps and seed 1 48 (its pairs differ in number): both last checkpoints make one point."""
+    rows = (curve(0, "dpo", (0.0, 1.0, 2.0), ((0.0,), (0.1,), (0.3,)), beta=0.1)
+            + curve(1, "dpo", (0.0, 1.2, 2.4), ((0.0,), (0.2,), (0.5,)), beta=0.1))
+    rows[2]["step"], rows[5]["step"] = 47, 48
+    for row in rows:
+        row["reward_gain"], row["reward_gain_se"] = row["rewards"][0], 0.01
+    table = curve_table(rows)
+    assert [row["step"] for row in table] == [0, 2, 48]
+    assert table[-1]["kl"] == pytest.approx(2.2) and table[-1]["gain"] == pytest.approx(0.4)
+    assert table[-1]["gain_se"] == pytest.approx(math.sqrt(2) * 0.01 / 2) and table[-1]["kl_spread"] == pytest.approx(0.2)

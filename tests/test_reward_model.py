@@ -83,6 +83,23 @@ def test_a_few_steps_separate_the_pairs_deterministically_and_keep_the_models_mo
     assert set(first[0]) >= {"step", "steps_total", "loss", "accuracy", "margin", "grad_norm", "lr", "seconds"}
 
 
+def test_a_frozen_body_trains_only_the_head_on_features_computed_once(tokenizer, tinier_model):
+    """train_body=False: the head reads the same features the full forward pass would (the step losses match a
+    head trained through the whole model with the body frozen), and the body's weights do not move."""
+    config = RewardConfig(learning_rate=1e-2, batch_size=4, epochs=2, train_body=False, **FP32)
+    cached = reward_model_from(tinier_model(), tokenizer)
+    body = {name: value.clone() for name, value in cached.model.state_dict().items()}
+    head = cached.score.weight.detach().clone()
+    history = train_reward_model(cached, tokenizer, REVIEW_PAIRS, config)
+    assert all(torch.equal(value, cached.model.state_dict()[name]) for name, value in body.items())
+    assert not torch.equal(head, cached.score.weight)
+    through = reward_model_from(tinier_model(), tokenizer)
+    through.model.requires_grad_(False)  # the same head, trained through the full forward pass
+    again = train_reward_model(through, tokenizer, REVIEW_PAIRS, dataclasses.replace(config, train_body=True))
+    assert [r["loss"] for r in history] == pytest.approx([r["loss"] for r in again], abs=1e-5)
+    assert torch.allclose(cached.score.weight, through.score.weight, atol=1e-5)
+
+
 def test_on_step_adds_to_the_record_and_a_nan_loss_stops_before_the_update(tokenizer, tinier_model):
     model = reward_model_from(tinier_model(), tokenizer)
     history = train_reward_model(model, tokenizer, REVIEW_PAIRS[:4], RewardConfig(batch_size=2, **FP32),

@@ -74,6 +74,12 @@ from .nb09 import (  # noqa: F401
     check_09_seen_unseen,
     check_09_stall,
 )
+from .nb10 import (  # noqa: F401
+    REWARD_MODEL_LOGS_10,
+    check_10_bon_kl,
+    check_10_frontier,
+    check_10_reward_model,
+)
 
 import contextlib
 import io
@@ -135,4 +141,8 @@ __all__ = [
     "check_09_seen_unseen",
     "check_09_learning_rate",
     "STALLED_LOGS_09",
+    "check_10_reward_model",
+    "check_10_bon_kl",
+    "check_10_frontier",
+    "REWARD_MODEL_LOGS_10",
 ]

@@ -51,6 +51,23 @@ def _verdict(name: str, body: Callable[[], str]) -> bool | None:
     return True
 
 
+def _labelled_causes(causes, truth: dict, hints: dict, *, advice: str = "") -> None:
+    """A diagnose exercise's answer {label: cause} against `truth` ({label: cause}); `hints` maps each allowed cause
+    to what tells it apart. Raises _NotAttempted or a one-line _Wrong naming the first wrong label."""
+    if causes is None or (isinstance(causes, dict) and all(value is None for value in causes.values())):
+        raise _NotAttempted
+    if not isinstance(causes, dict) or sorted(causes) != sorted(truth):
+        raise _Wrong(f"expected a dict with the keys {sorted(truth)}")
+    unknown = [label for label, cause in causes.items() if cause not in hints]
+    if unknown:
+        raise _Wrong(f"log {unknown[0]}: answer one of {sorted(hints)}")
+    wrong = [label for label in sorted(causes) if causes[label] != truth[label]]
+    if wrong:
+        label = wrong[0]
+        raise _Wrong(f"log {label} is not '{causes[label]}': {hints[causes[label]]}{advice} "
+                     f"({len(wrong)} of {len(truth)} wrong)")
+
+
 def _digits(integer: int) -> int:
     """Decimal digits of a (possibly huge) integer, without str(), which Python caps at 4300 digits."""
     return int(abs(integer).bit_length() * math.log10(2)) + 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ._checking import _NotAttempted, _verdict, _Wrong
+from ._checking import _labelled_causes, _NotAttempted, _verdict, _Wrong
 
 # ------------------------------------------------------------------ 09 §1: four logs stuck at ln 2 (diagnose)
 
@@ -38,18 +38,7 @@ def check_09_stall(causes: dict | None) -> bool | None:
     """causes: {"A".."D": one of "warm-up", "masked", "live reference", "one step"} for STALLED_LOGS_09."""
 
     def body() -> str:
-        if causes is None or (isinstance(causes, dict) and all(value is None for value in causes.values())):
-            raise _NotAttempted
-        if not isinstance(causes, dict) or sorted(causes) != sorted(_STALL_TRUTH):
-            raise _Wrong(f"expected a dict with the keys {sorted(_STALL_TRUTH)}")
-        unknown = [label for label, cause in causes.items() if cause not in _STALL_HINTS]
-        if unknown:
-            raise _Wrong(f"log {unknown[0]}: answer one of {sorted(_STALL_HINTS)}")
-        wrong = [label for label in sorted(causes) if causes[label] != _STALL_TRUTH[label]]
-        if wrong:
-            label = wrong[0]
-            raise _Wrong(f"log {label} is not '{causes[label]}': {_STALL_HINTS[causes[label]]}; "
-                         f"read its lr, grad_norm and logps/chosen again ({len(wrong)} of 4 wrong)")
+        _labelled_causes(causes, _STALL_TRUTH, _STALL_HINTS, advice="; read its lr, grad_norm and logps/chosen again")
         return "lr, grad_norm and the log-probs tell the four causes apart"
 
     return _verdict("ln 2 causes", body)

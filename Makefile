@@ -9,7 +9,7 @@ TRL_STAMP := $(VENV)/.installed-trl
 # while pyproject.toml keeps ranges for whoever pip-installs the package. `make upgrade` refreshes it.
 LOCK   := requirements/lock.txt
 
-.PHONY: setup lab run bench test test-floor test-package test-notebooks test-colab lock upgrade notebooks times clean
+.PHONY: setup lab run bench lint test test-floor test-package test-notebooks test-colab lock upgrade notebooks times clean
 
 setup: $(STAMP)
 
@@ -67,11 +67,16 @@ $(TRL_STAMP): pyproject.toml $(LOCK) | $(STAMP)
 	$(PIP) install --quiet -e '.[trl]' -c $(LOCK)
 	touch $@
 
-# The floor check, the package's tests, then every notebook top to bottom (nbval, smoke profile).
+# The package's lint and format check (ruff, configured in pyproject.toml; `ruff format dpo_edu` fixes the format).
+lint: setup
+	$(VENV)/bin/ruff check dpo_edu
+	$(VENV)/bin/ruff format --check dpo_edu
+
+# The lint, the floor check, the package's tests, then every notebook top to bottom (nbval, smoke profile).
 # On every core (pytest-xdist), a file to a worker: a notebook's cells run in order in one kernel, and a test file's
 # shared runs (module fixtures) are made once. The floor check builds the model cache before the workers start.
 XDIST := -n auto --dist loadfile
-test: setup $(TRL_STAMP) test-floor
+test: setup $(TRL_STAMP) lint test-floor
 	DPO_EDU_PROFILE=smoke $(PY) -m pytest $(XDIST) --nbval-lax --nbval-current-env tests notebooks
 
 test-package: setup $(TRL_STAMP)

@@ -87,7 +87,7 @@ def worker(variant: str, steps: int, rank: int, tiny: bool) -> dict:
     torch.manual_seed(0)
     pairs = make_pairs(tokenizer, PAIRS_PER_STEP * steps)
     config = TrainConfig(beta=0.1, learning_rate=5e-5, batch_size=PAIRS_PER_STEP, epochs=1, max_steps=steps, warmup_steps=0,
-                         max_length=MAX_LENGTH, max_prompt_length=32, use_chat_template=False, mixed_precision="no")
+                         max_length=MAX_LENGTH, max_prompt_length=32, use_chat_template=False, mixed_precision="fp32")
     stamps = [time.perf_counter()]
     history = train_dpo(model, tokenizer, pairs, config, progress=False, log=None, on_step=lambda record: stamps.append(time.perf_counter()))
     (optimizer,) = optimizers

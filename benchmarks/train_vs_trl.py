@@ -64,7 +64,7 @@ def run_dpo_edu(pairs, steps: int, precision: str, gradient_checkpointing: bool 
     model, tokenizer = load_model(device="cpu")
     config = TrainConfig(beta=0.1, learning_rate=5e-5, batch_size=PAIRS_PER_STEP, epochs=1, max_steps=steps, warmup_steps=0,
                          max_length=MAX_LENGTH, max_prompt_length=32, use_chat_template=False,
-                         mixed_precision="bf16" if precision == "bf16" else "no", gradient_checkpointing=gradient_checkpointing)
+                         mixed_precision="bf16" if precision == "bf16" else "fp32", gradient_checkpointing=gradient_checkpointing)
     stamps = [time.perf_counter()]
     history = train_dpo(model, tokenizer, pairs, config, progress=False, log=None, on_step=lambda record: stamps.append(time.perf_counter()))
     times = [b - a for a, b in zip(stamps[1:], stamps[2:])]  # from the end of step 1 on: the reference pass is not a step
@@ -125,7 +125,7 @@ def main() -> None:
         print("RESULT " + json.dumps(worker(args.worker, args.steps + args.warmup + 1)))
         return
     precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
-    from dpo_edu.utils import cpu_bf16_supported
+    from dpo_edu.precision import cpu_bf16_supported
 
     if "bf16" in precisions and not cpu_bf16_supported():
         import torch

@@ -1,4 +1,5 @@
 """Tabular policies over a finite set of responses, where everything has a closed form."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,9 @@ def optimal_policy(ref_probs: torch.Tensor, rewards: torch.Tensor, beta: float) 
     return torch.softmax(torch.log(ref_probs) + rewards / beta, dim=-1)
 
 
-def kl_regularised_objective(policy_probs: torch.Tensor, ref_probs: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
+def kl_regularised_objective(
+    policy_probs: torch.Tensor, ref_probs: torch.Tensor, rewards: torch.Tensor, beta: float
+) -> torch.Tensor:
     """E_pi[r] - beta KL(pi || pi_ref) on the last axis; shapes (..., K) -> (...)."""
     expected_reward = (policy_probs * rewards).sum(-1)
     kl = (policy_probs * (torch.log(policy_probs) - torch.log(ref_probs))).sum(-1)
@@ -108,7 +111,9 @@ def train_tabular_dpo(
     ref_logps = torch.log(torch.as_tensor(ref_probs, dtype=torch.float64))
     start = ref_logps if initial_logits is None else torch.as_tensor(initial_logits, dtype=torch.float64)
     if start.shape != ref_logps.shape:
-        raise ValueError(f"initial_logits has shape {tuple(start.shape)}, expected {tuple(ref_logps.shape)} like ref_probs")
+        raise ValueError(
+            f"initial_logits has shape {tuple(start.shape)}, expected {tuple(ref_logps.shape)} like ref_probs"
+        )
     if weights is not None:
         weights = torch.as_tensor(weights, dtype=torch.float64)
         if weights.shape != chosen.shape or (weights < 0).any() or not weights.sum() > 0:
@@ -132,7 +137,11 @@ def train_tabular_dpo(
         if step % record_every == 0 or step == steps:
             with torch.no_grad():
                 probs = policy_logps.exp()
-                share = torch.full(chosen.shape, 1 / chosen.numel(), dtype=probs.dtype) if weights is None else weights / weights.sum()
+                share = (
+                    torch.full(chosen.shape, 1 / chosen.numel(), dtype=probs.dtype)
+                    if weights is None
+                    else weights / weights.sum()
+                )
                 record = {
                     "step": step,
                     "loss": loss.item(),
@@ -153,7 +162,9 @@ def train_tabular_dpo(
     return torch.softmax(logits.detach(), dim=-1), history
 
 
-def reward_and_kl(policy_probs: torch.Tensor, ref_probs: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def reward_and_kl(
+    policy_probs: torch.Tensor, ref_probs: torch.Tensor, rewards: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact point of a tabular policy on the reward-KL plane: (E_pi[r], KL(pi || pi_ref)).
 
     All three (..., K); returns two (...) tensors. Responses with pi = 0 add 0 to the KL.
@@ -277,7 +288,18 @@ def frontier_points(
     points = []
     for beta in betas:
         _, history = train_tabular_dpo(
-            ref_probs, prompts, chosen, rejected, beta, loss_type="ipo" if method == "ipo" else "sigmoid",
-            steps=steps, learning_rate=learning_rate, record_every=steps, weights=weights, offset=offset, rewards=rewards)
+            ref_probs,
+            prompts,
+            chosen,
+            rejected,
+            beta,
+            loss_type="ipo" if method == "ipo" else "sigmoid",
+            steps=steps,
+            learning_rate=learning_rate,
+            record_every=steps,
+            weights=weights,
+            offset=offset,
+            rewards=rewards,
+        )
         points.append((history[-1]["kl"], history[-1]["reward"]))
     return torch.tensor(points, dtype=torch.float64)

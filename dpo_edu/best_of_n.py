@@ -16,6 +16,7 @@ Nested draws. One sampling pass draws max(ns) completions per prompt; best-of-n 
 of them. Each prefix is n independent draws from the reference, so every n is a true best-of-n, at the cost of one
 pass (the n's are not independent of one another, which a curve over n does not need).
 """
+
 from __future__ import annotations
 
 import math
@@ -61,9 +62,12 @@ def exact_policy(ref_probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torc
     rewards = torch.as_tensor(rewards, dtype=ref_probs.dtype)
     mine, others = rewards.unsqueeze(-1), rewards.unsqueeze(-2)  # (..., K, 1) against (..., 1, K)
     mass = ref_probs.unsqueeze(-2)
-    at_most, below, equal = ((mass * (others <= mine)).sum(-1), (mass * (others < mine)).sum(-1),
-                             (mass * (others == mine)).sum(-1))
-    return ref_probs / equal * (at_most ** n - below ** n)
+    at_most, below, equal = (
+        (mass * (others <= mine)).sum(-1),
+        (mass * (others < mine)).sum(-1),
+        (mass * (others == mine)).sum(-1),
+    )
+    return ref_probs / equal * (at_most**n - below**n)
 
 
 def exact_kl(ref_probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Tensor:
@@ -82,8 +86,9 @@ def picks(selection: torch.Tensor, n: int) -> torch.Tensor:
     return selection[:, :n].argmax(-1)
 
 
-def best_of_n(selection: Sequence[float] | torch.Tensor, truth: Sequence[float] | torch.Tensor, per_prompt: int,
-              ns: Sequence[int]) -> list[dict]:
+def best_of_n(
+    selection: Sequence[float] | torch.Tensor, truth: Sequence[float] | torch.Tensor, per_prompt: int, ns: Sequence[int]
+) -> list[dict]:
     """Best-of-n for every n in `ns`, from the same samples (nested prefixes).
 
     selection, truth: (P * per_prompt,) rewards of the samples, a prompt's `per_prompt` samples adjacent (as
@@ -101,23 +106,52 @@ def best_of_n(selection: Sequence[float] | torch.Tensor, truth: Sequence[float] 
         rewards = truth[rows, column]
         gain, gain_se = mean_and_se((rewards - truth[:, 0]).tolist())
         reward_mean, reward_se = mean_and_se(rewards.tolist())
-        results.append({"n": n, "kl_bound": kl_bound(n), "reward_mean": reward_mean, "reward_se": reward_se,
-                        "reward_gain": gain, "reward_gain_se": gain_se,
-                        "selected_mean": selection[rows, column].mean().item(),
-                        "picked": (rows * per_prompt + column).tolist(), "rewards": rewards.tolist()})
+        results.append(
+            {
+                "n": n,
+                "kl_bound": kl_bound(n),
+                "reward_mean": reward_mean,
+                "reward_se": reward_se,
+                "reward_gain": gain,
+                "reward_gain_se": gain_se,
+                "selected_mean": selection[rows, column].mean().item(),
+                "picked": (rows * per_prompt + column).tolist(),
+                "rewards": rewards.tolist(),
+            }
+        )
     return results
 
 
-def sample_best_of_n(model, tokenizer, prompts: Sequence, ns: Sequence[int], *, select: RewardFunction,
-                     truth: RewardFunction = sentiment, max_new_tokens: int = 24, batch_size: int = 64, seed: int = 0,
-                     precision: str = "auto", progress: bool = False) -> tuple[list[dict], Samples]:
+def sample_best_of_n(
+    model,
+    tokenizer,
+    prompts: Sequence,
+    ns: Sequence[int],
+    *,
+    select: RewardFunction,
+    truth: RewardFunction = sentiment,
+    max_new_tokens: int = 24,
+    batch_size: int = 64,
+    seed: int = 0,
+    precision: str = "auto",
+    progress: bool = False,
+) -> tuple[list[dict], Samples]:
     """Draw max(ns) completions per prompt from `model` (the reference) once, score them with `select` and with
     `truth` (TRL-convention reward functions; `truth` is not called again when it is `select`), and return
     (`best_of_n`'s results, the samples). Bad `ns` fail before anything is sampled."""
     ns = check_ns(ns)
     texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
-    samples = sample_completions(model, tokenizer, texts, per_prompt=ns[-1], max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size, seed=seed, precision=precision, progress=progress)
+    samples = sample_completions(
+        model,
+        tokenizer,
+        texts,
+        per_prompt=ns[-1],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        precision=precision,
+        progress=progress,
+    )
     expanded = [prompt for prompt in prompts for _ in range(ns[-1])]
     selection = rewards_of(select, expanded, samples.texts)
     true_rewards = selection if truth is select else rewards_of(truth, expanded, samples.texts)

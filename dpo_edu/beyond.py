@@ -8,9 +8,10 @@ variant, `bandit.train_tabular_dpo` for the table, `train.train_dpo`,
     VARIANTS, variants_table()        the registry as notebook 08 shows it: paper and the one line that differs
     flip_labels(...)                  label noise for the bandit: swap chosen and rejected of a random fraction
     train_variant(...)                a fresh policy from the reference, trained with one variant's settings
-    heldout_baseline(...), evaluate(...)  held-out reward, win rate, KL and completion lengths
+    heldout_baseline(...), evaluate_variant(...)  held-out reward, win rate, KL and completion lengths
     dpo_round(...)                    one round of iterative DPO: sample from the policy, label, train (pi_ref fixed)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,19 +38,46 @@ class Variant:
 # label_smoothing, offset and sft_weight values are examples: each variant's own knob, set to show it acting
 VARIANTS: tuple[Variant, ...] = (
     Variant("DPO", {"loss_type": "sigmoid"}, "Rafailov et al. 2023, arXiv:2305.18290", "-log σ(β h)"),
-    Variant("cDPO", {"loss_type": "sigmoid", "label_smoothing": 0.2}, "Mitchell 2023 (a note on DPO with noisy preferences)",
-            "-(1-ε) log σ(β h) - ε log σ(-β h)"),
-    Variant("rDPO (robust)", {"loss_type": "robust", "label_smoothing": 0.2}, "Chowdhury et al. 2024, arXiv:2403.00409",
-            "(-(1-ε) log σ(β h) + ε log σ(-β h)) / (1-2ε)"),
-    Variant("IPO", {"loss_type": "ipo"}, "Azar et al. 2023, arXiv:2310.12036", "(h_avg - 1/(2β))², log-ratios divided by length"),
+    Variant(
+        "cDPO",
+        {"loss_type": "sigmoid", "label_smoothing": 0.2},
+        "Mitchell 2023 (a note on DPO with noisy preferences)",
+        "-(1-ε) log σ(β h) - ε log σ(-β h)",
+    ),
+    Variant(
+        "rDPO (robust)",
+        {"loss_type": "robust", "label_smoothing": 0.2},
+        "Chowdhury et al. 2024, arXiv:2403.00409",
+        "(-(1-ε) log σ(β h) + ε log σ(-β h)) / (1-2ε)",
+    ),
+    Variant(
+        "IPO",
+        {"loss_type": "ipo"},
+        "Azar et al. 2023, arXiv:2310.12036",
+        "(h_avg - 1/(2β))², log-ratios divided by length",
+    ),
     Variant("hinge (RSO)", {"loss_type": "hinge"}, "Liu et al. 2023, arXiv:2309.06657", "max(0, 1 - β h)"),
     Variant("ODPO", {"loss_type": "sigmoid", "offset": 0.5}, "Amini et al. 2024, arXiv:2402.10571", "-log σ(β h - Δ)"),
-    Variant("RPO", {"loss_type": "sigmoid", "sft_weight": 1.0}, "Pang et al. 2024, arXiv:2404.19733",
-            "-log σ(β h) + w NLL(y_w), NLL per chosen token"),
-    Variant("SimPO", {"loss_type": "simpo", "simpo_gamma": 0.5}, "Meng et al. 2024, arXiv:2405.14734",
-            "-log σ(β (log π(y_w)/|y_w| - log π(y_l)/|y_l|) - γ)", reference_free=True),
-    Variant("ORPO", {"loss_type": "orpo"}, "Hong et al. 2024, arXiv:2403.07691",
-            "NLL(y_w) - β log σ(log odds(y_w) - log odds(y_l)), odds of the per-token mean", reference_free=True),
+    Variant(
+        "RPO",
+        {"loss_type": "sigmoid", "sft_weight": 1.0},
+        "Pang et al. 2024, arXiv:2404.19733",
+        "-log σ(β h) + w NLL(y_w), NLL per chosen token",
+    ),
+    Variant(
+        "SimPO",
+        {"loss_type": "simpo", "simpo_gamma": 0.5},
+        "Meng et al. 2024, arXiv:2405.14734",
+        "-log σ(β (log π(y_w)/|y_w| - log π(y_l)/|y_l|) - γ)",
+        reference_free=True,
+    ),
+    Variant(
+        "ORPO",
+        {"loss_type": "orpo"},
+        "Hong et al. 2024, arXiv:2403.07691",
+        "NLL(y_w) - β log σ(log odds(y_w) - log odds(y_l)), odds of the per-token mean",
+        reference_free=True,
+    ),
 )
 
 
@@ -61,15 +89,31 @@ def variant(name: str) -> Variant:
     raise ValueError(f"unknown variant {name!r}; known: {', '.join(row.name for row in VARIANTS)}")
 
 
-def variant_loss(row: Variant, policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, *,
-                 chosen_lengths=None, rejected_lengths=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def variant_loss(
+    row: Variant,
+    policy_chosen,
+    policy_rejected,
+    ref_chosen,
+    ref_rejected,
+    beta: float,
+    *,
+    chosen_lengths=None,
+    rejected_lengths=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`losses.dpo_loss` with the variant's settings (an offset number becomes a (B,) tensor)."""
     settings = dict(row.settings)
     if "offset" in settings:
         settings["offset"] = torch.full_like(policy_chosen, float(settings["offset"]))
     reference = (None, None) if row.reference_free else (ref_chosen, ref_rejected)
-    return losses.dpo_loss(policy_chosen, policy_rejected, *reference, beta, chosen_lengths=chosen_lengths,
-                           rejected_lengths=rejected_lengths, **settings)
+    return losses.dpo_loss(
+        policy_chosen,
+        policy_rejected,
+        *reference,
+        beta,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+        **settings,
+    )
 
 
 def variants_table() -> str:
@@ -87,8 +131,10 @@ def variants_table() -> str:
 
 # ---------------------------------------------------------------- the bandit
 
-def flip_labels(chosen: torch.Tensor, rejected: torch.Tensor, fraction: float, *,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+
+def flip_labels(
+    chosen: torch.Tensor, rejected: torch.Tensor, fraction: float, *, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Swap chosen and rejected in a random `fraction` of the pairs (each pair independently, probability `fraction`).
 
     Returns (chosen, rejected, flipped): new (N,) tensors and the (N,) bool mask of the swapped pairs.
@@ -109,11 +155,12 @@ def noisy_preference_probability(probability: torch.Tensor, eps: float) -> torch
 
 # ---------------------------------------------------------- the real model
 
+
 def train_variant(model_source, tokenizer, pairs: list[dict], config, *, reference=None, device=None, log=None):
     """A fresh copy of the reference (`models.load_model(model_source)`), trained on `pairs` with `config`.
 
     reference: the (chosen, rejected) reference log-probs of `pairs` for this config
-    (`train.compute_reference_logps`), shared by every variant trained from the same
+    (`train.compute_pair_logps`), shared by every variant trained from the same
     reference; ignored for reference-free loss types. Returns (policy, history).
     """
     from .models import load_model
@@ -145,60 +192,129 @@ def length_summary(lengths: Sequence[int], max_new_tokens: int) -> dict[str, flo
     return {"mean": sum(lengths) / len(lengths), "at_limit": sum(n >= max_new_tokens for n in lengths) / len(lengths)}
 
 
-def heldout_baseline(reference, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, seed: int,
-                     reward=sentiment) -> dict:
+def heldout_baseline(
+    reference, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, seed: int, reward=sentiment
+) -> dict:
     """The reference's own samples on the held-out prompts, drawn once and scored by `reward` (TRL's convention):
     {"texts", "rewards", "lengths"}."""
     from .generation import sample_completions
 
-    samples = sample_completions(reference, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-    return {"texts": samples.texts, "rewards": rewards_of(reward, prompts, samples.texts),
-            "lengths": [len(ids) for ids in samples.completion_ids]}
+    samples = sample_completions(
+        reference, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed
+    )
+    return {
+        "texts": samples.texts,
+        "rewards": rewards_of(reward, prompts, samples.texts),
+        "lengths": [len(ids) for ids in samples.completion_ids],
+    }
 
 
-def evaluate(policy, reference, tokenizer, prompts: Sequence[str], baseline: dict, *, max_new_tokens: int, batch_size: int,
-             seed: int, reward=sentiment) -> dict:
+def evaluate_variant(
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence[str],
+    baseline: dict,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    reward=sentiment,
+) -> dict:
     """`evaluate.evaluate_policy` against `baseline` (from `heldout_baseline`, with the same `reward`), plus the length summary.
 
     reference: the frozen reference model, or None when `policy` is the reference (KL 0).
     """
     from .evaluate import evaluate_policy
 
-    result = evaluate_policy(policy, reference, tokenizer, prompts, baseline["rewards"], score=scorer(reward, prompts),
-                             max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    result = evaluate_policy(
+        policy,
+        reference,
+        tokenizer,
+        prompts,
+        baseline["rewards"],
+        score=scorer(reward, prompts),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
     result.update({f"length_{key}": value for key, value in length_summary(result["lengths"], max_new_tokens).items()})
     return result
 
 
-def label_pairs(policy, tokenizer, prompts: Sequence[str], *, per_prompt: int, max_new_tokens: int, batch_size: int, seed: int,
-                min_gap: float, rule: str = "best_vs_worst", reward=sentiment) -> tuple[list[dict], dict]:
+def label_pairs(
+    policy,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    per_prompt: int,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    min_gap: float,
+    rule: str = "best_vs_worst",
+    reward=sentiment,
+) -> tuple[list[dict], dict]:
     """Sample `per_prompt` completions per prompt from `policy`, score them with `reward` (default VADER), pair them:
     `stages.sample_pairs`, the full run's own stage. Returns (pairs, counts); counts has "samples" and
     "sample_reward_mean" (the mean reward of all samples drawn)."""
-    return sample_pairs(policy, tokenizer, prompts, reward, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, seed=seed, rule=rule, min_gap=min_gap)
+    return sample_pairs(
+        policy,
+        tokenizer,
+        prompts,
+        reward,
+        per_prompt=per_prompt,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        rule=rule,
+        min_gap=min_gap,
+    )
 
 
-def dpo_round(policy, reference, tokenizer, prompts: Sequence[str], config, *, per_prompt: int, max_new_tokens: int,
-              batch_size: int, seed: int, min_gap: float, reward=sentiment, log=None) -> dict[str, Any]:
+def dpo_round(
+    policy,
+    reference,
+    tokenizer,
+    prompts: Sequence[str],
+    config,
+    *,
+    per_prompt: int,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    min_gap: float,
+    reward=sentiment,
+    log=None,
+) -> dict[str, Any]:
     """One round of iterative (online) DPO, in place: sample from `policy`, label with `reward` (default VADER), train `policy`.
 
     The reference log-probs come from `reference` (the fixed pi_ref, never the
     round's starting policy), so every round pulls towards the same anchor.
     Returns {"pairs", "counts", "history"}.
     """
-    from .train import compute_reference_logps, train_dpo
+    from .train import compute_pair_logps, train_dpo
 
-    pairs, counts = label_pairs(policy, tokenizer, prompts, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, seed=seed, min_gap=min_gap, reward=reward)
-    reference_logps = compute_reference_logps(reference, tokenizer, pairs, config)
+    pairs, counts = label_pairs(
+        policy,
+        tokenizer,
+        prompts,
+        per_prompt=per_prompt,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        min_gap=min_gap,
+        reward=reward,
+    )
+    reference_logps = compute_pair_logps(reference, tokenizer, pairs, config)
     history = train_dpo(policy, tokenizer, pairs, config, reference=reference_logps, progress=False, log=log)
     return {"pairs": pairs, "counts": counts, "history": history}
 
 
 @torch.no_grad()
-def prefix_scores(policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str],
-                  lengths: Sequence[int]) -> dict[int, dict[str, float]]:
+def prefix_scores(
+    policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str], lengths: Sequence[int]
+) -> dict[int, dict[str, float]]:
     """How DPO's and SimPO's scores of a response grow with its length.
 
     Each completion's first L tokens (for every L in `lengths`; completions shorter
@@ -217,7 +333,7 @@ def prefix_scores(policy, reference, tokenizer, prompts: Sequence[str], completi
         if len(completion_ids) < longest or not prompt_ids:
             continue
         ids = torch.tensor([prompt_ids + completion_ids], device=device)
-        targets = ids[0, len(prompt_ids):, None]
+        targets = ids[0, len(prompt_ids) :, None]
         token_logps = []
         for model in (policy, reference):
             logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()  # position t-1 predicts token t
@@ -225,6 +341,11 @@ def prefix_scores(policy, reference, tokenizer, prompts: Sequence[str], completi
         for length in lengths:
             ratios[length].append((token_logps[0][length - 1] - token_logps[1][length - 1]).item())
             means[length].append(token_logps[0][length - 1].item() / length)
-    return {length: {"log_ratio": sum(ratios[length]) / max(len(ratios[length]), 1),
-                     "mean_logp": sum(means[length]) / max(len(means[length]), 1), "n": len(ratios[length])}
-            for length in lengths}
+    return {
+        length: {
+            "log_ratio": sum(ratios[length]) / max(len(ratios[length]), 1),
+            "mean_logp": sum(means[length]) / max(len(means[length]), 1),
+            "n": len(ratios[length]),
+        }
+        for length in lengths
+    }

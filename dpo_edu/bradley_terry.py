@@ -3,6 +3,7 @@
 P(w beats l) = exp(r_w) / (exp(r_w) + exp(r_l)) = sigmoid(r_w - r_l).
 Only differences of scores matter, so fitted scores are returned centred (mean 0).
 """
+
 from __future__ import annotations
 
 import torch
@@ -80,13 +81,19 @@ def fit_bradley_terry(
     winners = torch.as_tensor(winners, dtype=torch.long)
     losers = torch.as_tensor(losers, dtype=torch.long)
     if winners.shape != losers.shape or winners.ndim != 1:
-        raise ValueError(f"winners and losers must be 1-D and equal in shape, got {tuple(winners.shape)} and {tuple(losers.shape)}")
+        raise ValueError(
+            f"winners and losers must be 1-D and equal in shape, got {tuple(winners.shape)} and {tuple(losers.shape)}"
+        )
     for name, index in (("winners", winners), ("losers", losers)):
         if index.numel() and (index.min() < 0 or index.max() >= n_items):
             raise ValueError(f"{name} holds an index outside [0, {n_items})")
     scores = torch.zeros(n_items, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
-        [scores], max_iter=max_iter, tolerance_grad=tolerance, tolerance_change=tolerance**2, line_search_fn="strong_wolfe"
+        [scores],
+        max_iter=max_iter,
+        tolerance_grad=tolerance,
+        tolerance_change=tolerance**2,
+        line_search_fn="strong_wolfe",
     )
     n = max(winners.numel(), 1)
 

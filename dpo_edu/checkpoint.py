@@ -19,6 +19,7 @@ the optimizer with a plain `torch.load`, and the course promises never to
 unpickle a file; the training loop's only randomness is the shuffle generator,
 whose state is a tensor.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,6 +52,7 @@ class TrainerState:
     shuffle generator's state at the epoch's start (it fixes the epoch's order:
     a resumed epoch replays it and skips the micro-batches done).
     """
+
     history: list[dict[str, float]]
     epoch_generator_state: torch.Tensor
     epoch: int = 0
@@ -70,8 +72,16 @@ class Checkpoint:
         return self.reference if self.reference[0].numel() else None
 
 
-def save(checkpoint_dir: str | Path, model, optimizer, scheduler, *, config, reference: tuple[torch.Tensor, torch.Tensor] | None,
-         state: TrainerState) -> Path:
+def save(
+    checkpoint_dir: str | Path,
+    model,
+    optimizer,
+    scheduler,
+    *,
+    config,
+    reference: tuple[torch.Tensor, torch.Tensor] | None,
+    state: TrainerState,
+) -> Path:
     """Write a checkpoint atomically; return its folder. Older checkpoints are removed once it is in place.
 
     `reference` is None for a reference-free loss (stored as two empty tensors).
@@ -84,14 +94,27 @@ def save(checkpoint_dir: str | Path, model, optimizer, scheduler, *, config, ref
     final = checkpoint_dir / f"step-{step:06d}"
     with staged(final, folder=True) as staging:
         save_model(model, str(staging / "model.safetensors"))  # handles tied weights (embedding = output layer)
-        save_file({"reference_chosen": reference[0].contiguous(), "reference_rejected": reference[1].contiguous(),
-                   "epoch_generator_state": state.epoch_generator_state.contiguous()}, str(staging / "tensors.safetensors"))
+        save_file(
+            {
+                "reference_chosen": reference[0].contiguous(),
+                "reference_rejected": reference[1].contiguous(),
+                "epoch_generator_state": state.epoch_generator_state.contiguous(),
+            },
+            str(staging / "tensors.safetensors"),
+        )
         torch.save(optimizer.state_dict(), staging / "optimizer.pt")
         sizes = {name: (staging / name).stat().st_size for name in CHECKPOINT_FILES}  # `verify` compares them on resume
-        payload = {"format": FORMAT, "step": step, "config": dataclasses.asdict(config), "file_sizes": sizes,
-                   "adapters": adapter_settings(model), "epoch": state.epoch,
-                   "batches_done_in_epoch": state.batches_done_in_epoch, "history": state.history,
-                   "scheduler": scheduler.state_dict()}
+        payload = {
+            "format": FORMAT,
+            "step": step,
+            "config": dataclasses.asdict(config),
+            "file_sizes": sizes,
+            "adapters": adapter_settings(model),
+            "epoch": state.epoch,
+            "batches_done_in_epoch": state.batches_done_in_epoch,
+            "history": state.history,
+            "scheduler": scheduler.state_dict(),
+        }
         (staging / "trainer_state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
         if final.exists():  # the same step saved twice (an interrupt on the last step): keep the new one
             shutil.rmtree(final)
@@ -103,7 +126,9 @@ def save(checkpoint_dir: str | Path, model, optimizer, scheduler, *, config, ref
     return final
 
 
-def resume(checkpoint: Checkpoint, model, optimizer, scheduler, *, metrics_path: str | Path | None = None) -> TrainerState:
+def resume(
+    checkpoint: Checkpoint, model, optimizer, scheduler, *, metrics_path: str | Path | None = None
+) -> TrainerState:
     """Put the model's weights, the optimizer and the scheduler back as they were at `checkpoint`; return its TrainerState.
 
     `model` is the unwrapped model (`accelerator.unwrap_model`). metrics.jsonl,
@@ -115,8 +140,12 @@ def resume(checkpoint: Checkpoint, model, optimizer, scheduler, *, metrics_path:
     history = checkpoint.state["history"]
     if metrics_path:
         _truncate_metrics(metrics_path, len(history))
-    return TrainerState(history, checkpoint.epoch_generator_state, epoch=checkpoint.state["epoch"],
-                        batches_done_in_epoch=checkpoint.state["batches_done_in_epoch"])
+    return TrainerState(
+        history,
+        checkpoint.epoch_generator_state,
+        epoch=checkpoint.state["epoch"],
+        batches_done_in_epoch=checkpoint.state["batches_done_in_epoch"],
+    )
 
 
 def latest_folder(checkpoint_dir: str | Path) -> Path | None:
@@ -185,10 +214,14 @@ def load_latest(checkpoint_dir: str | Path, config) -> Checkpoint:
     state_path = folder / "trainer_state.json"
     wanted = dataclasses.asdict(config)
     saved = state["config"]
+    if saved.get("mixed_precision") == "no":  # checkpoints before dpo_edu.precision named float32 as accelerate does
+        saved = {**saved, "mixed_precision": "fp32"}
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in wanted.items() if saved.get(key) != value]
     if changed:
-        raise ValueError(f"{state_path}: the run was trained with another TrainConfig; resume needs the same one "
-                         f"(changed: {'; '.join(changed)})")
+        raise ValueError(
+            f"{state_path}: the run was trained with another TrainConfig; resume needs the same one "
+            f"(changed: {'; '.join(changed)})"
+        )
     optimizer = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     tensors = load_file(str(folder / "tensors.safetensors"))
     reference = (tensors["reference_chosen"], tensors["reference_rejected"])
@@ -208,7 +241,8 @@ def adapter_settings(model) -> dict[str, dict[str, Any]] | None:
     for name, config in configs.items():
         targets = getattr(config, "target_modules", None)
         settings[name] = {
-            "type": str(getattr(config.peft_type, "value", config.peft_type)), "r": getattr(config, "r", None),
+            "type": str(getattr(config.peft_type, "value", config.peft_type)),
+            "r": getattr(config, "r", None),
             "alpha": getattr(config, "lora_alpha", None),
             "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
         }
@@ -231,8 +265,11 @@ def _restore_model(model, checkpoint: Checkpoint) -> None:
             raise CheckpointError(
                 f"{checkpoint.folder / 'trainer_state.json'}: the run was trained with {_describe(saved)}, but the model given "
                 f"to resume has {_describe(given)}; resume needs the model set up as it was "
-                + ("(dpo_edu.lora.add_lora with the same r, alpha and target_modules)" if saved
-                   else "(the plain model, no add_lora)")
+                + (
+                    "(dpo_edu.lora.add_lora with the same r, alpha and target_modules)"
+                    if saved
+                    else "(the plain model, no add_lora)"
+                )
             )
     load_model(model, str(checkpoint.folder / "model.safetensors"), device=str(next(model.parameters()).device))
 

@@ -16,15 +16,18 @@ clean (tested on the real tokenizer). A plain-text prompt that ends in a word
 ("..., because") keeps the response's leading space: " I cried" is how the
 model itself continues it.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+
+from .utils import staged
 
 IGNORE_INDEX = -100
 
@@ -43,7 +46,9 @@ def format_prompt(tokenizer, prompt: str, *, use_chat_template: bool | None = No
         use_chat_template = getattr(tokenizer, "chat_template", None) is not None
     if not use_chat_template:
         return prompt
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -146,9 +151,11 @@ PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LINE_BYTES = 1_000_000
 SHOWN_LINES = 5  # line numbers listed per kind of skipped row
-ONE_OBJECT_PER_LINE = ("; the file looks like one JSON array, but a pairs file is JSON Lines: one "
-                       "{\"prompt\", \"chosen\", \"rejected\"} object per line "
-                       "(convert it with: jq -c '.[]' FILE.json > FILE.jsonl)")
+ONE_OBJECT_PER_LINE = (
+    "; the file looks like one JSON array, but a pairs file is JSON Lines: one "
+    '{"prompt", "chosen", "rejected"} object per line '
+    "(convert it with: jq -c '.[]' FILE.json > FILE.jsonl)"
+)
 
 
 class PreferenceFileError(ValueError):
@@ -216,11 +223,21 @@ def numbered_preferences(
     with _open(path) as file:
         for number, raw in enumerate(file, start=1):
             if len(raw) > max_line_bytes:
-                raise _fail(path, number, None, f"the line is {len(raw):,} bytes, over the limit of {max_line_bytes:,} (max_line_bytes)")
+                raise _fail(
+                    path,
+                    number,
+                    None,
+                    f"the line is {len(raw):,} bytes, over the limit of {max_line_bytes:,} (max_line_bytes)",
+                )
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                raise _fail(path, number, None, f"not UTF-8 (byte {error.start}: {raw[error.start:error.start + 1]!r}); save the file as UTF-8") from None
+                raise _fail(
+                    path,
+                    number,
+                    None,
+                    f"not UTF-8 (byte {error.start}: {raw[error.start : error.start + 1]!r}); save the file as UTF-8",
+                ) from None
             if number == 1:
                 text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
             if not text.strip():
@@ -234,8 +251,12 @@ def numbered_preferences(
                 raise _fail(path, number, None, f"not valid JSON ({error.msg} at column {error.colno}){hint}") from None
             if not isinstance(row, dict):
                 hint = ONE_OBJECT_PER_LINE if isinstance(row, list) else ""
-                raise _fail(path, number, None, f"expected a JSON object with {', '.join(PREFERENCE_FIELDS)}, "
-                                                f"got {type(row).__name__}{hint}")
+                raise _fail(
+                    path,
+                    number,
+                    None,
+                    f"expected a JSON object with {', '.join(PREFERENCE_FIELDS)}, got {type(row).__name__}{hint}",
+                )
             for field in PREFERENCE_FIELDS:
                 if field not in row:
                     raise _fail(path, number, field, f"missing (a row needs {', '.join(PREFERENCE_FIELDS)})")
@@ -248,12 +269,21 @@ def numbered_preferences(
                 missing = "rejected_score" if rejected_score is None else "chosen_score"
                 raise _fail(path, number, missing, "missing while the other score is given")
             if chosen_score is not None and chosen_score < rejected_score:
-                raise _fail(path, number, "chosen_score", f"{chosen_score} is below rejected_score {rejected_score}: chosen and rejected are swapped?")
+                raise _fail(
+                    path,
+                    number,
+                    "chosen_score",
+                    f"{chosen_score} is below rejected_score {rejected_score}: chosen and rejected are swapped?",
+                )
             reason = (
-                "empty prompt" if not _content(row["prompt"]).strip()
-                else "empty response" if not _content(row["chosen"]).strip() or not _content(row["rejected"]).strip()
-                else "identical pair" if row["chosen"] == row["rejected"]
-                else "tied scores" if chosen_score is not None and chosen_score == rejected_score
+                "empty prompt"
+                if not _content(row["prompt"]).strip()
+                else "empty response"
+                if not _content(row["chosen"]).strip() or not _content(row["rejected"]).strip()
+                else "identical pair"
+                if row["chosen"] == row["rejected"]
+                else "tied scores"
+                if chosen_score is not None and chosen_score == rejected_score
                 else None
             )
             if reason:
@@ -278,12 +308,26 @@ def _check_text(path, number: int, field: str, value: Any, conversational: bool)
             raise _fail(path, number, field, f"expected a string, got {kind}")
         return
     if not isinstance(value, list) or not value:
-        raise _fail(path, number, field, "expected a non-empty list of {\"role\", \"content\"} messages, as 'prompt' is one "
-                                         f"(a conversational row), got {type(value).__name__}")
+        raise _fail(
+            path,
+            number,
+            field,
+            'expected a non-empty list of {"role", "content"} messages, as \'prompt\' is one '
+            f"(a conversational row), got {type(value).__name__}",
+        )
     for index, message in enumerate(value):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) or message.get("role") not in ROLES:
-            raise _fail(path, number, field, f"message {index} must be {{\"role\": one of {', '.join(ROLES)}, \"content\": a string}}, "
-                                             f"got {json.dumps(message)[:80]}")
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("content"), str)
+            or message.get("role") not in ROLES
+        ):
+            raise _fail(
+                path,
+                number,
+                field,
+                f'message {index} must be {{"role": one of {", ".join(ROLES)}, "content": a string}}, '
+                f"got {json.dumps(message)[:80]}",
+            )
     if field == "prompt" and value[-1]["role"] == "assistant":
         raise _fail(path, number, field, "the prompt's last message is the assistant's; end it with the user's turn")
     if field != "prompt" and any(message["role"] != "assistant" for message in value):
@@ -323,9 +367,11 @@ def as_standard(tokenizer, row: dict[str, Any]) -> dict[str, Any]:
     for field in ("chosen", "rejected"):
         full = tokenizer.apply_chat_template(row["prompt"] + row[field], tokenize=False)
         if not full.startswith(prompt):
-            raise ValueError(f"the chat template renders the prompt differently once the {field} reply follows it; "
-                             f"this tokenizer's template cannot be split into prompt and reply")
-        reply = full[len(prompt):].rstrip()
+            raise ValueError(
+                f"the chat template renders the prompt differently once the {field} reply follows it; "
+                f"this tokenizer's template cannot be split into prompt and reply"
+            )
+        reply = full[len(prompt) :].rstrip()
         eos = tokenizer.eos_token or ""
         converted[field] = reply[: -len(eos)] if eos and reply.endswith(eos) else reply
     return converted
@@ -357,3 +403,12 @@ def _where(reason: str, lines: list[int]) -> str:
     """'2 identical pair (lines 4, 17)': the count, then the first SHOWN_LINES line numbers and '…' for more."""
     shown = ", ".join(str(number) for number in lines[:SHOWN_LINES]) + (", …" if len(lines) > SHOWN_LINES else "")
     return f"{len(lines):,} {reason} ({'lines' if len(lines) > 1 else 'line'} {shown})"
+
+
+def write_jsonl(rows: Sequence[dict], path: str | Path) -> Path:
+    """Write one JSON object per line (UTF-8, "\\n"), atomically (`dpo_edu.utils.staged`: a temporary file, then a rename)."""
+    path = Path(path)
+    with staged(path) as staging, staging.open("w", encoding="utf-8", newline="\n") as file:
+        for row in rows:
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path

@@ -10,6 +10,7 @@ if that does not reach zero, the difference is evaluated at random points, and
 only a clearly non-zero value counts as False. So a False is never just
 "sympy gave up".
 """
+
 from __future__ import annotations
 
 import functools
@@ -72,10 +73,13 @@ def is_identity(lhs: sp.Expr, rhs: sp.Expr, *, trials: int = 8, seed: int = 0) -
         largest = max(largest, abs(value))
     if largest > 1e-9:
         return False
-    raise ArithmeticError(f"undecided: sympy could not simplify {difference} to 0, yet it is 0 at {trials} random points")
+    raise ArithmeticError(
+        f"undecided: sympy could not simplify {difference} to 0, yet it is 0 at {trials} random points"
+    )
 
 
 # ------------------------------------------------- step 1: Bradley-Terry
+
 
 def bt_probability_exp(reward_chosen: sp.Expr, reward_rejected: sp.Expr) -> sp.Expr:
     """Bradley-Terry as the DPO paper writes it: a ratio of exponentials."""
@@ -89,6 +93,7 @@ def step_bradley_terry_is_sigmoid() -> bool:
 
 # --------------------------------------- step 2: the reward-model loss
 
+
 def step_reward_loss_is_nll(n_pairs: int = 3) -> bool:
     """-log prod_i P(w_i beats l_i) == sum_i -log sigmoid(r_w,i - r_l,i), and its gradient.
 
@@ -97,14 +102,15 @@ def step_reward_loss_is_nll(n_pairs: int = 3) -> bool:
     """
     winners = sp.symbols(f"r_w1:{n_pairs + 1}", real=True)
     losers = sp.symbols(f"r_l1:{n_pairs + 1}", real=True)
-    likelihood = sp.Mul(*[bt_probability_exp(w, l) for w, l in zip(winners, losers)])
-    loss = sum(-sp.log(sigmoid(w - l)) for w, l in zip(winners, losers))
+    likelihood = sp.Mul(*[bt_probability_exp(winner, loser) for winner, loser in zip(winners, losers)])
+    loss = sum(-sp.log(sigmoid(winner - loser)) for winner, loser in zip(winners, losers))
     nll_matches = is_identity(-sp.log(likelihood), loss)
     gradient_matches = is_identity(sp.diff(-sp.log(sigmoid(r_w - r_l)), r_w), -sigmoid(r_l - r_w))
     return nll_matches and gradient_matches
 
 
 # ------------------------ step 3: the KL-regularised optimum, via Lagrange
+
 
 @functools.lru_cache(maxsize=None)
 def finite_response_space(n: int = 4):
@@ -178,6 +184,7 @@ def step_objective_is_kl_to_optimum(n: int = 4) -> bool:
 
 # --------------------------- step 4: invert the optimum to get the reward
 
+
 def reward_from_policy(policy_prob: sp.Expr, ref_prob: sp.Expr) -> sp.Expr:
     """r = beta log(pi* / pi_ref) + beta log Z: the reward implied by an optimal policy."""
     return beta * sp.log(policy_prob / ref_prob) + beta * sp.log(Z)
@@ -192,6 +199,7 @@ def step_invert_optimal_policy() -> bool:
 
 # ---------------------------- step 5: Z cancels inside Bradley-Terry
 
+
 def dpo_preference_probability() -> sp.Expr:
     """sigmoid(beta log(pi_w/ref_w) - beta log(pi_l/ref_l)): no Z anywhere."""
     return sigmoid(beta * sp.log(pi_w / ref_w) - beta * sp.log(pi_l / ref_l))
@@ -205,6 +213,7 @@ def step_partition_cancels() -> bool:
 
 
 # ------------- step 5b: the reparameterisation (DPO paper section 5, Theorem 1)
+
 
 def implicit_reward(policy_prob: sp.Expr, ref_prob: sp.Expr) -> sp.Expr:
     """r_hat = beta log(pi / pi_ref): the reward a policy implies, without the beta log Z."""
@@ -249,6 +258,7 @@ def step_reparameterisation(n: int = 3) -> bool:
 
 # ------------------------------------------ step 6: the DPO gradient
 
+
 def implicit_rewards() -> tuple[sp.Expr, sp.Expr]:
     """r_hat = beta (log pi_theta - log pi_ref) for y_w and y_l, as functions of theta."""
     return beta * (logp_w - logref_w), beta * (logp_l - logref_l)
@@ -272,6 +282,7 @@ def step_dpo_gradient() -> bool:
 
 
 # -------------------------------------------------------- step 7: ODPO
+
 
 def step_odpo_offset_inside() -> bool:
     """ODPO: -log sigmoid(r_hat_w - r_hat_l - Delta).
@@ -310,6 +321,7 @@ def verify_all() -> dict[str, bool]:
 
 
 # ---------------------------------------------------------- known slips
+
 
 def slip_gradient_weight() -> bool:
     """Slip: the gradient weight is sigmoid(r_hat_w - r_hat_l). True would mean it is right."""

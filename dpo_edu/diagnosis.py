@@ -19,6 +19,7 @@ The ln 2 check assumes the sigmoid (DPO) loss: IPO, hinge, SimPO and ORPO start 
 
     >>> print(diagnose("docs/full_dpo_run/metrics.jsonl"))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,7 +48,10 @@ KL_FLOOR = 0.1
 # the held-out DPO loss "rises" when its last value is this far above its lowest while the training loss fell
 HELDOUT_RISE = 0.01
 
-TRL_NAMES = {"learning_rate": "lr", "eval_loss": "eval/loss"}  # TRL's log name -> dpo-edu's; the rewards/*, logps/* names are the same
+TRL_NAMES = {
+    "learning_rate": "lr",
+    "eval_loss": "eval/loss",
+}  # TRL's log name -> dpo-edu's; the rewards/*, logps/* names are the same
 SEE = {
     "ln 2": "notebook 09 §1 (the four causes of ln 2, each reproduced); notebook 03 §3 (why step 1 is ln 2)",
     "collapse": "notebook 09 §2 (template pairs against on-policy pairs); notebook 08 §2 (deterministic preferences)",
@@ -111,6 +115,7 @@ class Diagnosis:
 
 # ------------------------------------------------------------------------------------------------------- reading
 
+
 def _log_file(path: Path) -> Path:
     """`path`, or the metrics.jsonl / trainer_state.json in the folder `path`."""
     if not path.is_dir():
@@ -140,8 +145,10 @@ def _parse(path: Path, text: str) -> list | dict:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as error:
-            raise DiagnoseError(f"{path}: not valid JSON at line {number} ({error.msg}); "
-                                f"a run cut short can leave its last line unfinished: delete that line") from None
+            raise DiagnoseError(
+                f"{path}: not valid JSON at line {number} ({error.msg}); "
+                f"a run cut short can leave its last line unfinished: delete that line"
+            ) from None
         if not isinstance(rows[-1], dict):
             raise DiagnoseError(f"{path}: line {number} is not a JSON object (one per optimizer step)")
     return rows
@@ -156,8 +163,9 @@ def _records(path: Path, data: list | dict) -> tuple[str, list[dict]]:
     if isinstance(data, list) and all(isinstance(row, dict) for row in data):
         return "dpo-edu metrics.jsonl", data
     what = "a JSON object without 'log_history'" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
-    raise DiagnoseError(f"{path}: {what}: neither a dpo-edu metrics.jsonl (one object per line) "
-                        f"nor a TRL trainer_state.json")
+    raise DiagnoseError(
+        f"{path}: {what}: neither a dpo-edu metrics.jsonl (one object per line) nor a TRL trainer_state.json"
+    )
 
 
 def _normalise(records: list[dict]) -> list[dict]:
@@ -193,12 +201,14 @@ def read_log(path: str | Path) -> tuple[str, list[dict]]:
     source, records = _records(file, _parse(file, text))
     steps = _normalise(records)
     if not steps:
-        raise DiagnoseError(f"{file}: no records with a 'loss' among its {len(records)} records; "
-                            f"is it a DPO training log?")
+        raise DiagnoseError(
+            f"{file}: no records with a 'loss' among its {len(records)} records; is it a DPO training log?"
+        )
     return source, steps
 
 
 # ------------------------------------------------------------------------------------------------------- symptoms
+
 
 def _number(record: dict, key: str) -> float | None:
     """record[key] as a float, or None when the record lacks it (or holds null)."""
@@ -219,7 +229,7 @@ def _steps(records: list[dict], limit: int = 8) -> str:
 def _after_first_update(records: list[dict]) -> list[dict]:
     """The records after the first one with lr > 0: each measures a policy that has taken a step (step 1 never has)."""
     moved = [index for index, record in enumerate(records) if (_number(record, "lr") or 0) > 0]
-    return records[moved[0] + 1:] if moved else []
+    return records[moved[0] + 1 :] if moved else []
 
 
 def _stall_cause(records: list[dict], stalled: list[dict]) -> str:
@@ -228,21 +238,29 @@ def _stall_cause(records: list[dict], stalled: list[dict]) -> str:
     logps = _values(stalled, "logps/chosen") + _values(stalled, "logps/rejected")
     stepped = [record for record in _after_first_update(records) if record in stalled]
     if lrs and not any(lrs):
-        return ("lr is 0 at every one of these steps: a warm-up the run never leaves (warmup_steps at least the "
-                "run's steps) or a one-step run")
+        return (
+            "lr is 0 at every one of these steps: a warm-up the run never leaves (warmup_steps at least the "
+            "run's steps) or a one-step run"
+        )
     if grads and not any(grads) and logps and not any(logps):
-        return ("grad_norm 0 and logps/chosen, logps/rejected 0: no response token is scored, every label is "
-                "masked (a max_length that truncates every response away)")
+        return (
+            "grad_norm 0 and logps/chosen, logps/rejected 0: no response token is scored, every label is "
+            "masked (a max_length that truncates every response away)"
+        )
     if not stepped:
         return "no step after the first update is logged, and the loss is ln 2 until then in every run: train longer"
     margins, chosen = _values(stepped, "rewards/margins"), _values(stepped, "logps/chosen")
     if margins and not any(margins) and any(_values(stepped, "grad_norm")):
-        return (f"rewards/margins exactly 0 at every step after an update while the log-probs move (logps/chosen "
-                f"{min(chosen):.2f} to {max(chosen):.2f}) and grad_norm is not 0: the reference moves with the "
-                f"policy (computed by the live model at every step)")
+        return (
+            f"rewards/margins exactly 0 at every step after an update while the log-probs move (logps/chosen "
+            f"{min(chosen):.2f} to {max(chosen):.2f}) and grad_norm is not 0: the reference moves with the "
+            f"policy (computed by the live model at every step)"
+        )
     if len(lrs) > 1 and all(later > earlier for earlier, later in zip(lrs, lrs[1:])):
-        return (f"lr rises at every one of these steps ({lrs[0]:.2g} to {lrs[-1]:.2g}): the run never leaves its "
-                f"warm-up (warmup_steps far above the run's steps), so the policy barely moves")
+        return (
+            f"lr rises at every one of these steps ({lrs[0]:.2g} to {lrs[-1]:.2g}): the run never leaves its "
+            f"warm-up (warmup_steps far above the run's steps), so the policy barely moves"
+        )
     return "none of the course's three causes shows (lr, grad_norm and the margins are not 0, lr not warming up)"
 
 
@@ -271,53 +289,82 @@ def check_collapse(records: list[dict]) -> Finding:
     """Symptom 2: the loss below COLLAPSE_LOSS with accuracy 1 by step COLLAPSE_STEPS, on pairs not yet trained on
     (the first epoch: a loss near 0 on pairs seen before is memorisation, which the held-out loss shows)."""
     early = [record for record in _first_epoch(records) if record["step"] <= COLLAPSE_STEPS]
-    collapsed = [record for record in early
-                 if record["loss"] < COLLAPSE_LOSS and (_number(record, "rewards/accuracies") or 0) >= 1]
+    collapsed = [
+        record
+        for record in early
+        if record["loss"] < COLLAPSE_LOSS and (_number(record, "rewards/accuracies") or 0) >= 1
+    ]
     if not collapsed:
         low = min((record["loss"] for record in early), default=math.nan)
-        return Finding("loss collapsed to 0", False,
-                       f"lowest first-epoch loss by step {COLLAPSE_STEPS}: {low:.4f} (a collapse: below "
-                       f"{COLLAPSE_LOSS} with rewards/accuracies 1)")
+        return Finding(
+            "loss collapsed to 0",
+            False,
+            f"lowest first-epoch loss by step {COLLAPSE_STEPS}: {low:.4f} (a collapse: below "
+            f"{COLLAPSE_LOSS} with rewards/accuracies 1)",
+        )
     first = collapsed[0]
-    detail = (f"loss {first['loss']:.3g} with rewards/accuracies 1 at step {first['step']} (margin "
-              f"{_number(first, 'rewards/margins') or math.nan:.3g}): the pairs are told apart trivially (chosen and "
-              f"rejected differ in something easy, or are off-policy for the model); there is little left to learn")
+    detail = (
+        f"loss {first['loss']:.3g} with rewards/accuracies 1 at step {first['step']} (margin "
+        f"{_number(first, 'rewards/margins') or math.nan:.3g}): the pairs are told apart trivially (chosen and "
+        f"rejected differ in something easy, or are off-policy for the model); there is little left to learn"
+    )
     return Finding("loss collapsed to 0", True, detail, tuple(r["step"] for r in collapsed), SEE["collapse"])
 
 
 def check_displacement(records: list[dict]) -> Finding:
     """Symptom 3: rewards/chosen below 0 while the margin is positive at most steps, and the margin growing."""
-    rows = [record for record in records
-            if _number(record, "rewards/chosen") is not None and _number(record, "rewards/margins") is not None]
+    rows = [
+        record
+        for record in records
+        if _number(record, "rewards/chosen") is not None and _number(record, "rewards/margins") is not None
+    ]
     if len(rows) < 2:
-        return Finding("likelihood displacement", False, "fewer than 2 steps with rewards/chosen and rewards/margins",
-                       fault=False)
+        return Finding(
+            "likelihood displacement", False, "fewer than 2 steps with rewards/chosen and rewards/margins", fault=False
+        )
     shown = [record for record in rows if record["rewards/chosen"] < 0 < record["rewards/margins"]]
     half = len(rows) // 2
     margins = [statistics.fmean(r["rewards/margins"] for r in part) for part in (rows[:half], rows[half:])]
     chosen = [statistics.fmean(r["rewards/chosen"] for r in part) for part in (rows[:half], rows[half:])]
     share = len(shown) / len(rows)
-    detail = (f"rewards/chosen < 0 < rewards/margins at {len(shown)} of {len(rows)} steps ({share:.0%}"
-              + (f", from step {shown[0]['step']}" if shown else "") + f"); mean margin {margins[0]:.3f} (first half)"
-              f" -> {margins[1]:.3f} (second half), mean rewards/chosen {chosen[0]:.3f} -> {chosen[1]:.3f}")
+    detail = (
+        f"rewards/chosen < 0 < rewards/margins at {len(shown)} of {len(rows)} steps ({share:.0%}"
+        + (f", from step {shown[0]['step']}" if shown else "")
+        + f"); mean margin {margins[0]:.3f} (first half)"
+        f" -> {margins[1]:.3f} (second half), mean rewards/chosen {chosen[0]:.3f} -> {chosen[1]:.3f}"
+    )
     found = share >= DISPLACEMENT_SHARE and margins[1] > margins[0]
     if found:
-        detail += ("; the chosen responses lose probability too, only less than the rejected ones: common, and not "
-                   "by itself a fault (read the held-out reward and samples)")
-    return Finding("likelihood displacement", found, detail, tuple(r["step"] for r in shown) if found else (),
-                   SEE["displacement"], fault=False)
+        detail += (
+            "; the chosen responses lose probability too, only less than the rejected ones: common, and not "
+            "by itself a fault (read the held-out reward and samples)"
+        )
+    return Finding(
+        "likelihood displacement",
+        found,
+        detail,
+        tuple(r["step"] for r in shown) if found else (),
+        SEE["displacement"],
+        fault=False,
+    )
 
 
 def check_finite(records: list[dict]) -> Finding:
     """Symptom 4: NaN or inf in the loss or grad_norm, from the first step that has one."""
-    bad = [record for record in records
-           if any((value := _number(record, key)) is not None and not math.isfinite(value)
-                  for key in ("loss", "grad_norm"))]
+    bad = [
+        record
+        for record in records
+        if any(
+            (value := _number(record, key)) is not None and not math.isfinite(value) for key in ("loss", "grad_norm")
+        )
+    ]
     if not bad:
         return Finding("NaN or inf", False, "loss and grad_norm finite at every step")
     first = bad[0]
-    detail = (f"first at step {first['step']} (loss {first['loss']}, grad_norm {first.get('grad_norm')}), "
-              f"{len(bad)} of {len(records)} steps; lower the learning rate, or train in float32 (fp16 overflows)")
+    detail = (
+        f"first at step {first['step']} (loss {first['loss']}, grad_norm {first.get('grad_norm')}), "
+        f"{len(bad)} of {len(records)} steps; lower the learning rate, or train in float32 (fp16 overflows)"
+    )
     return Finding("NaN or inf", True, detail, tuple(r["step"] for r in bad), SEE["non-finite"])
 
 
@@ -328,8 +375,10 @@ def check_kl(records: list[dict]) -> Finding:
         return Finding("KL running away", False, "no eval/kl in the log (dpo-edu run logs it; TRL does not)")
     first, last = rows[0], rows[-1]
     growth = last["eval/kl"] / max(first["eval/kl"], KL_FLOOR)
-    detail = (f"eval/kl {first['eval/kl']:.3g} at step {first['step']} -> {last['eval/kl']:.3g} at step "
-              f"{last['step']} (x{growth:.2f} over {len(rows)} evaluations)")
+    detail = (
+        f"eval/kl {first['eval/kl']:.3g} at step {first['step']} -> {last['eval/kl']:.3g} at step "
+        f"{last['step']} (x{growth:.2f} over {len(rows)} evaluations)"
+    )
     found = len(rows) >= 2 and growth >= KL_RUNAWAY_RATIO
     if found:
         detail += "; raise beta (a stronger pull to the reference), or stop earlier"
@@ -339,8 +388,9 @@ def check_kl(records: list[dict]) -> Finding:
 def check_heldout(records: list[dict]) -> Finding:
     """Symptom 6: the held-out DPO loss (eval/loss; TRL's eval_loss) rising from its lowest while the training loss
     falls: the pairs trained on are being fitted, the held-out ones no longer."""
-    rows = [record for record in records if (value := _number(record, "eval/loss")) is not None
-            and math.isfinite(value)]
+    rows = [
+        record for record in records if (value := _number(record, "eval/loss")) is not None and math.isfinite(value)
+    ]
     if len(rows) < 2:
         return Finding("held-out loss rising", False, "fewer than 2 held-out losses (eval/loss, eval_loss) in the log")
     lowest = min(rows, key=lambda record: record["eval/loss"])
@@ -348,14 +398,25 @@ def check_heldout(records: list[dict]) -> Finding:
     train = [record["loss"] for record in records if record["step"] >= lowest["step"]]
     found = last["eval/loss"] > lowest["eval/loss"] + HELDOUT_RISE and train[-1] < train[0]
     if lowest is last:
-        return Finding("held-out loss rising", False, f"eval/loss {rows[0]['eval/loss']:.4f} at step "
-                       f"{rows[0]['step']} -> {last['eval/loss']:.4f} at step {last['step']}, lowest at the end")
-    detail = (f"eval/loss lowest {lowest['eval/loss']:.4f} at step {lowest['step']}, {last['eval/loss']:.4f} at step "
-              f"{last['step']}; training loss {train[0]:.4f} -> {train[-1]:.4f} over the same steps")
+        return Finding(
+            "held-out loss rising",
+            False,
+            f"eval/loss {rows[0]['eval/loss']:.4f} at step "
+            f"{rows[0]['step']} -> {last['eval/loss']:.4f} at step {last['step']}, lowest at the end",
+        )
+    detail = (
+        f"eval/loss lowest {lowest['eval/loss']:.4f} at step {lowest['step']}, {last['eval/loss']:.4f} at step "
+        f"{last['step']}; training loss {train[0]:.4f} -> {train[-1]:.4f} over the same steps"
+    )
     if found:
         detail += "; stop at the lowest held-out loss (fewer epochs), or lower the learning rate"
-    return Finding("held-out loss rising", found, detail,
-                   tuple(r["step"] for r in rows if r["step"] > lowest["step"]) if found else (), SEE["held-out"])
+    return Finding(
+        "held-out loss rising",
+        found,
+        detail,
+        tuple(r["step"] for r in rows if r["step"] > lowest["step"]) if found else (),
+        SEE["held-out"],
+    )
 
 
 CHECKS = (check_ln2, check_collapse, check_displacement, check_finite, check_kl, check_heldout)

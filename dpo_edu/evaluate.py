@@ -14,6 +14,7 @@ Three numbers, as in the DPO paper's sentiment experiment:
   below 0 by chance, so it is always printed with its standard error
   (`format_kl`).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,9 +25,9 @@ import torch
 from .data import IGNORE_INDEX
 from .generation import Samples, sample_completions
 from .logprobs import sequence_logprobs
+from .precision import autocast
 from .rewards import sentiment_rewards
-from .utils import autocast, eval_mode, pad_token_id
-
+from .utils import eval_mode, pad_token_id
 
 # Sequences per forward pass in the KL's log-probs (at most): 32 completions of ~45 tokens already make large
 # matrix products; more rows only add memory (the logits are rows x tokens x 49,152 floats: 200 MB at 32 rows).
@@ -57,7 +58,9 @@ def format_kl(kl: float, kl_se: float) -> str:
 def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]) -> float:
     """Fraction of paired samples where the policy's reward is higher; a tie counts 1/2."""
     if len(policy_rewards) != len(reference_rewards) or not policy_rewards:
-        raise ValueError(f"win_rate needs two equally long, non-empty lists, got {len(policy_rewards)} and {len(reference_rewards)}")
+        raise ValueError(
+            f"win_rate needs two equally long, non-empty lists, got {len(policy_rewards)} and {len(reference_rewards)}"
+        )
     wins = sum((p > r) + 0.5 * (p == r) for p, r in zip(policy_rewards, reference_rewards))
     return wins / len(policy_rewards)
 
@@ -67,7 +70,9 @@ def _batches_by_prompt_length(samples: Samples, batch_size: int) -> Iterator[lis
 
     Within a length, samples with similar completion lengths are batched together.
     """
-    order = sorted(range(len(samples.completion_ids)), key=lambda i: (len(samples.prompt_ids[i]), len(samples.completion_ids[i])))
+    order = sorted(
+        range(len(samples.completion_ids)), key=lambda i: (len(samples.prompt_ids[i]), len(samples.completion_ids[i]))
+    )
     batch: list[int] = []
     for i in order:
         if batch and (len(batch) == batch_size or len(samples.prompt_ids[i]) != len(samples.prompt_ids[batch[0]])):
@@ -79,7 +84,9 @@ def _batches_by_prompt_length(samples: Samples, batch_size: int) -> Iterator[lis
 
 
 @torch.no_grad()
-def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token_id: int = 0, precision: str = "auto") -> torch.Tensor:
+def completion_logps(
+    model, samples: Samples, *, batch_size: int = 32, pad_token_id: int = 0, precision: str = "auto"
+) -> torch.Tensor:
     """log pi(completion | prompt) of every sample under `model`, summed over the completion's tokens: (N,) on CPU.
 
     Uses the sampled token ids themselves (not a re-tokenisation of the text),
@@ -108,7 +115,9 @@ def completion_logps(model, samples: Samples, *, batch_size: int = 32, pad_token
     return out
 
 
-def log_ratios(policy, reference, tokenizer, samples: Samples, *, batch_size: int = 64, precision: str = "auto") -> list[float]:
+def log_ratios(
+    policy, reference, tokenizer, samples: Samples, *, batch_size: int = 64, precision: str = "auto"
+) -> list[float]:
     """log pi(y|x) - log pi_ref(y|x) of every sample y (drawn from `policy`): their mean estimates KL(policy || reference).
 
     `reference=None` means the policy IS the reference: every ratio is 0 exactly. The policy's log-probs are the
@@ -122,7 +131,9 @@ def log_ratios(policy, reference, tokenizer, samples: Samples, *, batch_size: in
     if samples.logps is not None:
         policy_logps = torch.tensor(samples.logps, dtype=torch.float64)
     else:
-        policy_logps = completion_logps(policy, samples, batch_size=rows, pad_token_id=pad, precision=precision).double()
+        policy_logps = completion_logps(
+            policy, samples, batch_size=rows, pad_token_id=pad, precision=precision
+        ).double()
     reference_logps = completion_logps(reference, samples, batch_size=rows, pad_token_id=pad, precision=precision)
     return (policy_logps - reference_logps.double()).tolist()
 
@@ -156,16 +167,24 @@ def evaluate_policy(
     """
     if len(reference_rewards) != len(prompts):
         raise ValueError(f"{len(reference_rewards)} reference rewards for {len(prompts)} prompts")
-    samples = sample_completions(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                                 precision=precision)
+    samples = sample_completions(
+        policy, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, precision=precision
+    )
     rewards = (score or sentiment_rewards)(samples.texts)
     reward_mean, reward_se = mean_and_se(rewards)
     gain, gain_se = mean_and_se([p - r for p, r in zip(rewards, reference_rewards)])
-    kl, kl_se = mean_and_se(log_ratios(policy, reference, tokenizer, samples, batch_size=batch_size, precision=precision))
+    kl, kl_se = mean_and_se(
+        log_ratios(policy, reference, tokenizer, samples, batch_size=batch_size, precision=precision)
+    )
     return {
-        "reward_mean": reward_mean, "reward_se": reward_se,
-        "reward_gain": gain, "reward_gain_se": gain_se,
+        "reward_mean": reward_mean,
+        "reward_se": reward_se,
+        "reward_gain": gain,
+        "reward_gain_se": gain_se,
         "win_rate": win_rate(rewards, reference_rewards),
-        "kl": kl, "kl_se": kl_se,
-        "samples": samples.texts, "rewards": rewards, "lengths": [len(ids) for ids in samples.completion_ids],
+        "kl": kl,
+        "kl_se": kl_se,
+        "samples": samples.texts,
+        "rewards": rewards,
+        "lengths": [len(ids) for ids in samples.completion_ids],
     }

@@ -26,6 +26,7 @@ Writes to the output directory:
     frontier.md           the tables and the figure
     summary.json          sizes, times, costs, the matched-KL comparisons (written last: the sweep is finished)
 """
+
 from __future__ import annotations
 
 import json
@@ -39,28 +40,53 @@ from matplotlib.figure import Figure
 
 from .best_of_n import best_of_n, check_ns
 from .config import Profile, get_profile
-from .data import load_preferences, prompt_text
+from .data import load_preferences, prompt_text, write_jsonl
 from .evaluate import format_kl, mean_and_se
-from .generation import make_pairs, sample_completions, write_jsonl
+from .generation import make_pairs, sample_completions
 from .models import load_model
+from .precision import resolve
 from .prompts import load_prompts
-from .reward_model import (RewardConfig, RewardModelFunction, implicit_pair_rewards, implicit_sample_rewards,
-                           pair_accuracy, rank_agreement, reward_model_from, score, spearman, train_reward_model)
+from .reward_model import (
+    RewardConfig,
+    RewardModelFunction,
+    implicit_pair_rewards,
+    implicit_sample_rewards,
+    pair_accuracy,
+    rank_agreement,
+    reward_model_from,
+    score,
+    spearman,
+    train_reward_model,
+)
 from .rewards import sentiment
 from .rloo import RLOOConfig, train_rloo
 from .rundir import RunFolder
 from .sft import SFTConfig, train_sft
-from .stages import MIXED_PRECISION_OF, RewardEvaluator, rewards_of, sample_pairs, train_config
-from .train import TrainConfig, compute_reference_logps, pair_offsets, train_dpo
-from .utils import device_name, get_device, precision_dtype, precision_name, seed_everything
+from .stages import RewardEvaluator, rewards_of, sample_pairs, train_config
+from .train import TrainConfig, compute_pair_logps, pair_offsets, train_dpo
+from .utils import device_name, get_device, seed_everything
 
 METHODS = ("dpo", "odpo", "sft", "rloo", "rloo-gold", "bon", "bon-gold")
 BETA_METHODS = ("dpo", "odpo")  # one run per beta of the sweep
 NEEDS_REWARD_MODEL = ("rloo", "bon")
-COLORS = {"dpo": "tab:blue", "odpo": "tab:orange", "sft": "tab:gray", "rloo": "tab:red", "rloo-gold": "tab:purple",
-          "bon": "tab:green", "bon-gold": "tab:olive"}
-LABELS = {"dpo": "DPO", "odpo": "ODPO", "sft": "Preferred-FT", "rloo": "RLOO (reward model)",
-          "rloo-gold": "RLOO (true reward)", "bon": "best-of-N (reward model)", "bon-gold": "best-of-N (true reward)"}
+COLORS = {
+    "dpo": "tab:blue",
+    "odpo": "tab:orange",
+    "sft": "tab:gray",
+    "rloo": "tab:red",
+    "rloo-gold": "tab:purple",
+    "bon": "tab:green",
+    "bon-gold": "tab:olive",
+}
+LABELS = {
+    "dpo": "DPO",
+    "odpo": "ODPO",
+    "sft": "Preferred-FT",
+    "rloo": "RLOO (reward model)",
+    "rloo-gold": "RLOO (true reward)",
+    "bon": "best-of-N (reward model)",
+    "bon-gold": "best-of-N (true reward)",
+}
 ROW_LISTS = ("rewards",)  # per-prompt lists a row keeps (the rest are numbers)
 
 
@@ -80,6 +106,7 @@ def label(method: str, beta) -> str:
 
 
 # ------------------------------------------------------------ what each run is
+
 
 def settings_of(pairs: list[dict], profile: Profile) -> dict[str, tuple[list[dict], int]]:
     """{"all pairs": (pairs, epochs)}, and with `frontier_small_pairs` > 0 also "small data": (the first few pairs,
@@ -107,36 +134,61 @@ def run_keys(profile: Profile, methods, betas) -> list[tuple]:
     return keys
 
 
-def frontier_config(profile: Profile, method: str, beta: float, seed: int, epochs: int, precision: str = "auto") -> TrainConfig:
+def frontier_config(
+    profile: Profile, method: str, beta: float, seed: int, epochs: int, precision: str = "auto"
+) -> TrainConfig:
     """The full run's trainer settings (`dpo_edu.stages.train_config`) with the sweep's own beta, rate, batch, warm-up and method."""
     return train_config(
-        profile, beta=beta, learning_rate=profile.frontier_learning_rate, batch_size=profile.frontier_batch_size, epochs=epochs,
+        profile,
+        beta=beta,
+        learning_rate=profile.frontier_learning_rate,
+        batch_size=profile.frontier_batch_size,
+        epochs=epochs,
         warmup_steps=profile.frontier_warmup_steps,
-        odpo_alpha=profile.frontier_odpo_alpha if method == "odpo" else None, odpo_score_scale=profile.frontier_odpo_score_scale,
-        seed=seed, mixed_precision=MIXED_PRECISION_OF[precision],
+        odpo_alpha=profile.frontier_odpo_alpha if method == "odpo" else None,
+        odpo_score_scale=profile.frontier_odpo_score_scale,
+        seed=seed,
+        mixed_precision=precision,
     )
 
 
 def sft_config(profile: Profile, seed: int, precision: str = "auto") -> SFTConfig:
-    return SFTConfig(learning_rate=profile.frontier_sft_learning_rate, batch_size=profile.frontier_batch_size,
-                     epochs=profile.frontier_epochs, warmup_steps=profile.frontier_warmup_steps,
-                     max_length=profile.run_max_length, max_prompt_length=profile.run_max_prompt_length,
-                     mixed_precision=MIXED_PRECISION_OF[precision], seed=seed)
+    return SFTConfig(
+        learning_rate=profile.frontier_sft_learning_rate,
+        batch_size=profile.frontier_batch_size,
+        epochs=profile.frontier_epochs,
+        warmup_steps=profile.frontier_warmup_steps,
+        max_length=profile.run_max_length,
+        max_prompt_length=profile.run_max_prompt_length,
+        mixed_precision=precision,
+        seed=seed,
+    )
 
 
 def rloo_config(profile: Profile, seed: int, precision: str = "auto") -> RLOOConfig:
-    return RLOOConfig(beta=profile.frontier_rloo_beta, k=profile.frontier_rloo_k,
-                      prompts_per_step=profile.frontier_rloo_prompts_per_step, steps=profile.frontier_rloo_steps,
-                      max_new_tokens=profile.frontier_max_new_tokens, learning_rate=profile.frontier_rloo_learning_rate,
-                      sample_batch_size=profile.run_sample_batch_size, mixed_precision=MIXED_PRECISION_OF[precision],
-                      seed=seed)
+    return RLOOConfig(
+        beta=profile.frontier_rloo_beta,
+        k=profile.frontier_rloo_k,
+        prompts_per_step=profile.frontier_rloo_prompts_per_step,
+        steps=profile.frontier_rloo_steps,
+        max_new_tokens=profile.frontier_max_new_tokens,
+        learning_rate=profile.frontier_rloo_learning_rate,
+        sample_batch_size=profile.run_sample_batch_size,
+        mixed_precision=precision,
+        seed=seed,
+    )
 
 
 def reward_config(profile: Profile, seed: int, precision: str = "auto") -> RewardConfig:
-    return RewardConfig(learning_rate=profile.frontier_rm_learning_rate, batch_size=profile.frontier_rm_batch_size,
-                        epochs=profile.frontier_rm_epochs, max_length=profile.run_max_length,
-                        train_body=profile.frontier_rm_train_body,
-                        mixed_precision=MIXED_PRECISION_OF[precision], seed=seed)
+    return RewardConfig(
+        learning_rate=profile.frontier_rm_learning_rate,
+        batch_size=profile.frontier_rm_batch_size,
+        epochs=profile.frontier_rm_epochs,
+        max_length=profile.run_max_length,
+        train_body=profile.frontier_rm_train_body,
+        mixed_precision=precision,
+        seed=seed,
+    )
 
 
 def check_settings(profile: Profile, methods, betas, precision: str) -> None:
@@ -157,9 +209,22 @@ def check_settings(profile: Profile, methods, betas, precision: str) -> None:
 
 # ------------------------------------------------------------ the sweep
 
-def frontier(profile: Profile | str | None = None, out: str | Path = "runs/frontier", *, methods=None, betas=None,
-             eval_steps=None, dense: bool = False, model=None, overwrite: bool = False, resume: bool = False, progress: bool = True,
-             precision: str | None = None, log=print) -> dict:
+
+def frontier(
+    profile: Profile | str | None = None,
+    out: str | Path = "runs/frontier",
+    *,
+    methods=None,
+    betas=None,
+    eval_steps=None,
+    dense: bool = False,
+    model=None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    precision: str | None = None,
+    log=print,
+) -> dict:
     """Run every method x beta x seed, evaluating checkpoints; return the summary (also in out/summary.json).
 
     `methods`: names of METHODS (a list or "dpo,rloo"); None: the profile's `frontier_methods`. `betas`: DPO's and
@@ -177,35 +242,83 @@ def frontier(profile: Profile | str | None = None, out: str | Path = "runs/front
     with RunFolder.check(out, "frontier", overwrite=overwrite, resume=resume) as folder:  # locked until the sweep ends
         if resume:
             profile, model, dense, precision, methods, betas, eval_steps = folder.resume_options(
-                profile, model, dense=dense, precision=precision, methods=methods, betas=betas, eval_steps=eval_steps)
+                profile, model, dense=dense, precision=precision, methods=methods, betas=betas, eval_steps=eval_steps
+            )
         profile = profile if isinstance(profile, Profile) else get_profile(profile)
         methods = check_methods(methods or profile.frontier_methods)
         betas = tuple(betas or (profile.frontier_dense_betas if dense else profile.frontier_betas))
         eval_steps = tuple(eval_steps or profile.frontier_eval_steps)
         precision = precision or "auto"
         check_settings(profile, methods, betas, precision)  # fail before the model loads
-        return _frontier(folder, profile, methods, betas, eval_steps, dense=dense, model=model, resume=resume, precision=precision,
-                         progress=progress, log=log)
+        return _frontier(
+            folder,
+            profile,
+            methods,
+            betas,
+            eval_steps,
+            dense=dense,
+            model=model,
+            resume=resume,
+            precision=precision,
+            progress=progress,
+            log=log,
+        )
 
 
-def _frontier(folder: RunFolder, profile: Profile, methods, betas, eval_steps, *, dense: bool, model, resume: bool,
-              precision: str, progress: bool, log) -> dict:
+def _frontier(
+    folder: RunFolder,
+    profile: Profile,
+    methods,
+    betas,
+    eval_steps,
+    *,
+    dense: bool,
+    model,
+    resume: bool,
+    precision: str,
+    progress: bool,
+    log,
+) -> dict:
     started = time.perf_counter()
     device = get_device()
     reference, tokenizer = load_model(model, device=device)
     reference.eval().requires_grad_(False)
     if not resume:
-        folder.start(profile=profile.name, model=None if model is None else str(model), dense=dense, precision=precision,
-                     methods=list(methods), betas=list(betas), eval_steps=list(eval_steps))
+        folder.start(
+            profile=profile.name,
+            model=None if model is None else str(model),
+            dense=dense,
+            precision=precision,
+            methods=list(methods),
+            betas=list(betas),
+            eval_steps=list(eval_steps),
+        )
     try:
-        rows = _sweep(profile, methods, betas, eval_steps, folder, reference, tokenizer, model, device, resume=resume,
-                      precision=precision, progress=progress, log=log)
+        rows = _sweep(
+            profile,
+            methods,
+            betas,
+            eval_steps,
+            folder,
+            reference,
+            tokenizer,
+            model,
+            device,
+            resume=resume,
+            precision=precision,
+            progress=progress,
+            log=log,
+        )
     except BaseException:
         folder.abandon()  # nothing once a seed's pairs are written; before that, the folder goes and a replaced one comes back
         raise
     summary = summarize(rows, profile, folder.path, methods=methods, betas=betas)
-    summary.update(device=device_name(device), precision=precision_name(precision_dtype(device, precision)),
-                   resumed=resume, seconds=time.perf_counter() - started)
+    summary.update(
+        device=device_name(device),
+        precision=resolve(precision, device),
+        resumed=resume,
+        seconds=time.perf_counter() - started,
+    )
     figure = plot_frontier(rows)
     figure.savefig(folder.path / "frontier.png", dpi=110)
     (folder.path / "frontier.md").write_text(markdown_table(summary), encoding="utf-8")
@@ -227,13 +340,25 @@ def finished_rows(path: Path) -> list[dict]:
     return [row for row in rows if _key(row) in finished]
 
 
-def _seed_pairs(reference, tokenizer, prompts: list[str], profile: Profile, seed: int, path: Path, precision: str = "auto") -> list[dict]:
+def _seed_pairs(
+    reference, tokenizer, prompts: list[str], profile: Profile, seed: int, path: Path, precision: str = "auto"
+) -> list[dict]:
     """The seed's preference pairs: read back from `path` when a resumed sweep already wrote them, else sampled and written."""
     if path.is_file():
         return load_preferences(path, require_scores=True, log=None)
-    pairs, _ = sample_pairs(reference, tokenizer, prompts, sentiment, per_prompt=profile.run_samples_per_prompt,
-                            max_new_tokens=profile.frontier_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=seed,
-                            rule=profile.run_pairing, min_gap=profile.run_min_gap, precision=precision)
+    pairs, _ = sample_pairs(
+        reference,
+        tokenizer,
+        prompts,
+        sentiment,
+        per_prompt=profile.run_samples_per_prompt,
+        max_new_tokens=profile.frontier_max_new_tokens,
+        batch_size=profile.run_sample_batch_size,
+        seed=seed,
+        rule=profile.run_pairing,
+        min_gap=profile.run_min_gap,
+        precision=precision,
+    )
     write_jsonl(pairs, path)
     return pairs
 
@@ -243,39 +368,63 @@ class Seed:
     and, made when first needed, the reward model and the held-out pairs that measure it."""
 
     def __init__(self, profile: Profile, seed: int, folder: Path, reference, tokenizer, precision: str, log) -> None:
-        self.profile, self.seed, self.folder, self.reference, self.tokenizer = profile, seed, folder, reference, tokenizer
+        self.profile, self.seed, self.folder, self.reference, self.tokenizer = (
+            profile,
+            seed,
+            folder,
+            reference,
+            tokenizer,
+        )
         self.precision, self.log = precision, log
         self.train_prompts = load_prompts("train")[: profile.frontier_train_prompts]
         heldout = load_prompts("heldout")
         self.heldout_prompts = heldout[: profile.frontier_heldout_prompts]
-        self.pair_prompts = heldout[profile.frontier_heldout_prompts:][: profile.frontier_heldout_pair_prompts]
+        self.pair_prompts = heldout[profile.frontier_heldout_prompts :][: profile.frontier_heldout_pair_prompts]
         seed_everything(seed)
-        self.pairs = _seed_pairs(reference, tokenizer, self.train_prompts, profile, seed,
-                                 folder / f"pairs_seed{seed}.jsonl", precision)
-        self.evaluator = RewardEvaluator(reference, tokenizer, self.heldout_prompts, sentiment,
-                                         max_new_tokens=profile.frontier_max_new_tokens,
-                                         batch_size=profile.run_sample_batch_size, seed=seed, precision=precision,
-                                         reference=reference)
+        self.pairs = _seed_pairs(
+            reference, tokenizer, self.train_prompts, profile, seed, folder / f"pairs_seed{seed}.jsonl", precision
+        )
+        self.evaluator = RewardEvaluator(
+            reference,
+            tokenizer,
+            self.heldout_prompts,
+            sentiment,
+            max_new_tokens=profile.frontier_max_new_tokens,
+            batch_size=profile.run_sample_batch_size,
+            seed=seed,
+            precision=precision,
+            reference=reference,
+        )
         self._reward_model = self._heldout = self._best_of_n = None
         self._reference_logps: dict[str, tuple] = {}
 
     def reference_logps(self, setting: str, pairs: list[dict], config: TrainConfig) -> tuple:
         if setting not in self._reference_logps:
-            self._reference_logps[setting] = compute_reference_logps(self.reference, self.tokenizer, pairs, config)
+            self._reference_logps[setting] = compute_pair_logps(self.reference, self.tokenizer, pairs, config)
         return self._reference_logps[setting]
 
     def heldout(self):
         """(pairs, samples, true rewards) on held-out prompts never evaluated or trained on: k fresh samples each."""
         if self._heldout is None:
             texts = [prompt_text(self.tokenizer, prompt) for prompt in self.pair_prompts]
-            samples = sample_completions(self.reference, self.tokenizer, texts,
-                                         per_prompt=self.profile.run_samples_per_prompt,
-                                         max_new_tokens=self.profile.frontier_max_new_tokens,
-                                         batch_size=self.profile.run_sample_batch_size, seed=self.seed + 3,
-                                         precision=self.precision)
+            samples = sample_completions(
+                self.reference,
+                self.tokenizer,
+                texts,
+                per_prompt=self.profile.run_samples_per_prompt,
+                max_new_tokens=self.profile.frontier_max_new_tokens,
+                batch_size=self.profile.run_sample_batch_size,
+                seed=self.seed + 3,
+                precision=self.precision,
+            )
             truth = rewards_of(sentiment, [p for p in texts for _ in range(samples.per_prompt)], samples.texts)
-            pairs, _ = make_pairs(samples, truth, rule=self.profile.run_pairing, min_gap=self.profile.run_min_gap,
-                                  tokenizer=self.tokenizer)
+            pairs, _ = make_pairs(
+                samples,
+                truth,
+                rule=self.profile.run_pairing,
+                min_gap=self.profile.run_min_gap,
+                tokenizer=self.tokenizer,
+            )
             self._heldout = pairs, samples, truth
         return self._heldout
 
@@ -285,11 +434,16 @@ class Seed:
         if self._best_of_n is None:
             clock = time.perf_counter()
             texts = [prompt_text(self.tokenizer, prompt) for prompt in self.heldout_prompts]
-            samples = sample_completions(self.reference, self.tokenizer, texts,
-                                         per_prompt=max(check_ns(self.profile.frontier_bon_ns)),
-                                         max_new_tokens=self.profile.frontier_max_new_tokens,
-                                         batch_size=self.profile.run_sample_batch_size, seed=self.seed + 4,
-                                         precision=self.precision)
+            samples = sample_completions(
+                self.reference,
+                self.tokenizer,
+                texts,
+                per_prompt=max(check_ns(self.profile.frontier_bon_ns)),
+                max_new_tokens=self.profile.frontier_max_new_tokens,
+                batch_size=self.profile.run_sample_batch_size,
+                seed=self.seed + 4,
+                precision=self.precision,
+            )
             truth = rewards_of(sentiment, samples_prompts(samples), samples.texts)
             self._best_of_n = samples, truth, time.perf_counter() - clock
         return self._best_of_n
@@ -307,34 +461,73 @@ class Seed:
             model.eval().requires_grad_(False)
             pairs, samples, truth = self.heldout()
             prompts = [pair["prompt"] for pair in pairs]
-            measured = measure_reward(score(model, self.tokenizer, prompts, [pair["chosen"] for pair in pairs]),
-                                      score(model, self.tokenizer, prompts, [pair["rejected"] for pair in pairs]),
-                                      score(model, self.tokenizer, samples_prompts(samples), samples.texts),
-                                      truth, samples.per_prompt)
-            last_epoch = history[-max(1, len(history) // config.epochs):]
-            record = {"seed": self.seed, "pairs": len(self.pairs), "steps": len(history), "seconds": seconds,
-                      "train_loss": statistics.fmean(r["loss"] for r in last_epoch),
-                      "train_accuracy": statistics.fmean(r["accuracy"] for r in last_epoch),
-                      "heldout": measured, "heldout_pairs": len(pairs), "samples": len(samples.texts)}
-            (self.folder / f"reward_model_seed{self.seed}.json").write_text(json.dumps(record, indent=1) + "\n",
-                                                                          encoding="utf-8")
-            self.log(f"seed {self.seed} reward model: held-out pair accuracy {measured['accuracy']:.3f} "
-                     f"({len(pairs)} pairs), Spearman with VADER within prompts {measured['spearman_within']:+.3f} "
-                     f"({seconds:.0f} s)")
-            self._reward_model = RewardModelFunction(model, self.tokenizer, batch_size=self.profile.run_sample_batch_size,
-                                                     max_length=self.profile.run_max_length, precision=self.precision)
+            measured = measure_reward(
+                score(model, self.tokenizer, prompts, [pair["chosen"] for pair in pairs]),
+                score(model, self.tokenizer, prompts, [pair["rejected"] for pair in pairs]),
+                score(model, self.tokenizer, samples_prompts(samples), samples.texts),
+                truth,
+                samples.per_prompt,
+            )
+            last_epoch = history[-max(1, len(history) // config.epochs) :]
+            record = {
+                "seed": self.seed,
+                "pairs": len(self.pairs),
+                "steps": len(history),
+                "seconds": seconds,
+                "train_loss": statistics.fmean(r["loss"] for r in last_epoch),
+                "train_accuracy": statistics.fmean(r["accuracy"] for r in last_epoch),
+                "heldout": measured,
+                "heldout_pairs": len(pairs),
+                "samples": len(samples.texts),
+            }
+            (self.folder / f"reward_model_seed{self.seed}.json").write_text(
+                json.dumps(record, indent=1) + "\n", encoding="utf-8"
+            )
+            self.log(
+                f"seed {self.seed} reward model: held-out pair accuracy {measured['accuracy']:.3f} "
+                f"({len(pairs)} pairs), Spearman with VADER within prompts {measured['spearman_within']:+.3f} "
+                f"({seconds:.0f} s)"
+            )
+            self._reward_model = RewardModelFunction(
+                model,
+                self.tokenizer,
+                batch_size=self.profile.run_sample_batch_size,
+                max_length=self.profile.run_max_length,
+                precision=self.precision,
+            )
         return self._reward_model
 
 
 # What each method holds while it trains (or answers), besides the model it trains: DPO needs only the reference's
 # log-probs of its pairs, computed once before training; RLOO samples, so it keeps the reference model (the KL
 # penalty) and the reward model it is scored by; best-of-N trains nothing but scores N answers per prompt.
-MODELS_HELD = {"dpo": "policy", "odpo": "policy", "sft": "policy", "rloo": "policy, reference, reward model",
-               "rloo-gold": "policy, reference", "bon": "reference, reward model", "bon-gold": "reference"}
+MODELS_HELD = {
+    "dpo": "policy",
+    "odpo": "policy",
+    "sft": "policy",
+    "rloo": "policy, reference, reward model",
+    "rloo-gold": "policy, reference",
+    "bon": "reference, reward model",
+    "bon-gold": "reference",
+}
 
 
-def _sweep(profile: Profile, methods, betas, eval_steps, folder: RunFolder, reference, tokenizer, model, device, *, resume: bool,
-           precision: str, progress: bool, log) -> list[dict]:
+def _sweep(
+    profile: Profile,
+    methods,
+    betas,
+    eval_steps,
+    folder: RunFolder,
+    reference,
+    tokenizer,
+    model,
+    device,
+    *,
+    resume: bool,
+    precision: str,
+    progress: bool,
+    log,
+) -> list[dict]:
     """Train and evaluate every run not yet finished; append each row to frontier.jsonl as it is made; return all rows."""
     out = folder.path
     rows_path = out / "frontier.jsonl"
@@ -342,10 +535,14 @@ def _sweep(profile: Profile, methods, betas, eval_steps, folder: RunFolder, refe
     write_jsonl(rows, rows_path)  # a resumed sweep drops the rows of the run it was in the middle of
     done = {_key(row) for row in rows}
     todo = [key for key in run_keys(profile, methods, betas) if key not in done]
-    log(f"frontier on {device_name(device)} ({precision_name(precision_dtype(device, precision))}), profile "
-        f"{profile.name}: {len(todo)} runs to do" + (f" ({len(done)} finished before)" if done else "")
-        + f"; methods {', '.join(methods)}; seeds {list(profile.frontier_seeds)}")
+    log(
+        f"frontier on {device_name(device)} ({resolve(precision, device)}), profile "
+        f"{profile.name}: {len(todo)} runs to do"
+        + (f" ({len(done)} finished before)" if done else "")
+        + f"; methods {', '.join(methods)}; seeds {list(profile.frontier_seeds)}"
+    )
     with rows_path.open("a", encoding="utf-8") as rows_file:
+
         def record(row: dict) -> None:
             rows.append(row)
             rows_file.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -361,9 +558,11 @@ def _sweep(profile: Profile, methods, betas, eval_steps, folder: RunFolder, refe
                 clock = time.perf_counter()
                 _run(context, key, eval_steps, model, device, record, progress=progress)
                 final = rows[-1]
-                log(f"seed {seed} {label(key[2], key[3]):>28}: gain {final['reward_gain']:+.3f} ± "
+                log(
+                    f"seed {seed} {label(key[2], key[3]):>28}: gain {final['reward_gain']:+.3f} ± "
                     f"{final['reward_gain_se']:.3f}, {format_kl(final['kl'], final['kl_se'])} at step {final['step']} "
-                    f"({time.perf_counter() - clock:.0f} s)")
+                    f"({time.perf_counter() - clock:.0f} s)"
+                )
     return rows
 
 
@@ -371,8 +570,13 @@ def _result_row(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("samples", "lengths")}
 
 
-TRAINING_KEYS = {"loss": "train_loss", "rewards/chosen": "rewards/chosen", "rewards/rejected": "rewards/rejected",
-                 "reward": "train_reward", "kl": "train_kl"}
+TRAINING_KEYS = {
+    "loss": "train_loss",
+    "rewards/chosen": "rewards/chosen",
+    "rewards/rejected": "rewards/rejected",
+    "reward": "train_reward",
+    "kl": "train_kl",
+}
 
 
 def _run(context: Seed, key: tuple, eval_steps, model, device, record, *, progress: bool) -> None:
@@ -381,8 +585,13 @@ def _run(context: Seed, key: tuple, eval_steps, model, device, record, *, progre
     profile, evaluator = context.profile, context.evaluator
     run = {"seed": seed, "setting": setting, "method": method, "beta": beta}
     evaluator(None, 0, policy_is_reference=True)  # the reference's own answers: KL 0, gain 0
-    reference_point = {**run, "step": 0, **_result_row(evaluator.results.pop()), "seconds_train": 0.0,
-                       "samples_drawn": 0}
+    reference_point = {
+        **run,
+        "step": 0,
+        **_result_row(evaluator.results.pop()),
+        "seconds_train": 0.0,
+        "samples_drawn": 0,
+    }
     if method.startswith("bon"):
         _best_of_n(context, run, reference_point, record)
         return
@@ -403,8 +612,14 @@ def _run(context: Seed, key: tuple, eval_steps, model, device, record, *, progre
         # what the training step logged: DPO's last batch, RLOO's own samples
         extra = {kept: step_record[name] for name, kept in TRAINING_KEYS.items() if name in step_record}
         seconds_train = evaluating - clock["start"] - clock["evaluating"]
-        row = {**run, "step": step, **result, **extra, "seconds_train": seconds_train,
-               "samples_drawn": step * samples_per_step}
+        row = {
+            **run,
+            "step": step,
+            **result,
+            **extra,
+            "seconds_train": seconds_train,
+            "samples_drawn": step * samples_per_step,
+        }
         if last:
             row.update(_final_extras(context, method, policy, beta), final=True)
         clock["evaluating"] += time.perf_counter() - evaluating
@@ -414,16 +629,37 @@ def _run(context: Seed, key: tuple, eval_steps, model, device, record, *, progre
     if method in BETA_METHODS:
         pairs, epochs = settings_of(context.pairs, profile)[setting]
         config = frontier_config(profile, method, beta, seed, epochs, context.precision)
-        train_dpo(policy, context.tokenizer, pairs, config, on_step=checkpoint, progress=progress,
-                  reference=context.reference_logps(setting, pairs, config), log=None)
+        train_dpo(
+            policy,
+            context.tokenizer,
+            pairs,
+            config,
+            on_step=checkpoint,
+            progress=progress,
+            reference=context.reference_logps(setting, pairs, config),
+            log=None,
+        )
     elif method == "sft":
-        train_sft(policy, context.tokenizer, context.pairs, sft_config(profile, seed, context.precision),
-                  on_step=checkpoint, progress=progress, log=None)
+        train_sft(
+            policy,
+            context.tokenizer,
+            context.pairs,
+            sft_config(profile, seed, context.precision),
+            on_step=checkpoint,
+            progress=progress,
+            log=None,
+        )
     else:
-        train_rloo(policy, context.tokenizer, context.train_prompts, reward_fn,
-                   rloo_config(profile, seed, context.precision), reference=context.reference, on_step=checkpoint,
-                   progress=progress)
-    del policy
+        train_rloo(
+            policy,
+            context.tokenizer,
+            context.train_prompts,
+            reward_fn,
+            rloo_config(profile, seed, context.precision),
+            reference=context.reference,
+            on_step=checkpoint,
+            progress=progress,
+        )
 
 
 def samples_prompts(samples) -> list[str]:
@@ -436,9 +672,12 @@ def measure_reward(chosen, rejected, on_samples, truth, per_prompt: int) -> dict
     chosen and of the rejected replies, and rank agreement with the true reward on fresh samples (`rank_agreement`).
     chosen, rejected (P,); on_samples, truth (N,), `per_prompt` consecutive samples per prompt."""
     chosen, rejected = torch.as_tensor(chosen).tolist(), torch.as_tensor(rejected).tolist()
-    return {**pair_accuracy(chosen, rejected), "chosen": statistics.fmean(chosen),
-            "rejected": statistics.fmean(rejected),
-            **rank_agreement(torch.as_tensor(on_samples).tolist(), list(truth), per_prompt)}
+    return {
+        **pair_accuracy(chosen, rejected),
+        "chosen": statistics.fmean(chosen),
+        "rejected": statistics.fmean(rejected),
+        **rank_agreement(torch.as_tensor(on_samples).tolist(), list(truth), per_prompt),
+    }
 
 
 def _final_extras(context: Seed, method: str, policy, beta) -> dict:
@@ -447,12 +686,20 @@ def _final_extras(context: Seed, method: str, policy, beta) -> dict:
     if method not in BETA_METHODS or context.profile.frontier_heldout_pair_prompts == 0:
         return {}
     pairs, samples, truth = context.heldout()
-    chosen, rejected = implicit_pair_rewards(policy, context.reference, context.tokenizer, pairs, beta,
-                                             max_length=context.profile.run_max_length,
-                                             max_prompt_length=context.profile.run_max_prompt_length)
+    chosen, rejected = implicit_pair_rewards(
+        policy,
+        context.reference,
+        context.tokenizer,
+        pairs,
+        beta,
+        max_length=context.profile.run_max_length,
+        max_prompt_length=context.profile.run_max_prompt_length,
+    )
     on_samples = implicit_sample_rewards(policy, context.reference, context.tokenizer, samples, beta)
-    return {"heldout_pairs": len(pairs),
-            "implicit": measure_reward(chosen, rejected, on_samples, truth, samples.per_prompt)}
+    return {
+        "heldout_pairs": len(pairs),
+        "implicit": measure_reward(chosen, rejected, on_samples, truth, samples.per_prompt),
+    }
 
 
 def _best_of_n(context: Seed, run: dict, reference_point: dict, record) -> None:
@@ -473,14 +720,29 @@ def _best_of_n(context: Seed, run: dict, reference_point: dict, record) -> None:
         gains = [r - ref for r, ref in zip(result["rewards"], reference_rewards)]
         gain, gain_se = mean_and_se(gains)
         wins = sum((g > 0) + 0.5 * (g == 0) for g in gains) / len(gains)
-        record({**run, "step": result["n"], "n": result["n"], "kl": result["kl_bound"], "kl_se": 0.0, "kl_bound": True,
-                "reward_mean": result["reward_mean"], "reward_se": result["reward_se"], "reward_gain": gain,
-                "reward_gain_se": gain_se, "win_rate": wins, "rewards": result["rewards"],
-                "seconds_train": seconds, "samples_drawn": result["n"] * len(reference_rewards),
-                **({"final": True} if number == len(results) - 1 else {})})
+        record(
+            {
+                **run,
+                "step": result["n"],
+                "n": result["n"],
+                "kl": result["kl_bound"],
+                "kl_se": 0.0,
+                "kl_bound": True,
+                "reward_mean": result["reward_mean"],
+                "reward_se": result["reward_se"],
+                "reward_gain": gain,
+                "reward_gain_se": gain_se,
+                "win_rate": wins,
+                "rewards": result["rewards"],
+                "seconds_train": seconds,
+                "samples_drawn": result["n"] * len(reference_rewards),
+                **({"final": True} if number == len(results) - 1 else {}),
+            }
+        )
 
 
 # ------------------------------------------------------------ reading the rows
+
 
 def curves(rows: list[dict]) -> dict[tuple, dict[int, list[dict]]]:
     """{(setting, method, beta): {seed: that run's rows by step (the reference's point first)}}."""
@@ -527,8 +789,16 @@ def matched_kl(rows: list[dict], curve_a: tuple, curve_b: tuple, kls) -> list[di
                 continue
             mean, se = mean_and_se(differences)
             same_side = all((value > 0) == (mean > 0) for value in per_seed.values())
-            out.append({"kl": kl, "difference": mean, "se": se, "n": len(differences), "per_seed": per_seed,
-                        "separated": bool(abs(mean) > 2 * se and same_side)})
+            out.append(
+                {
+                    "kl": kl,
+                    "difference": mean,
+                    "se": se,
+                    "n": len(differences),
+                    "per_seed": per_seed,
+                    "separated": bool(abs(mean) > 2 * se and same_side),
+                }
+            )
     return out
 
 
@@ -538,8 +808,14 @@ def pooled(rows_at_step: list[dict]) -> dict:
     kls = [row["kl"] for row in rows_at_step]
     gain = statistics.fmean(row["reward_gain"] for row in rows_at_step)
     se = math.sqrt(sum(row["reward_gain_se"] ** 2 for row in rows_at_step)) / len(rows_at_step)
-    return {"kl": statistics.fmean(kls), "kl_spread": (max(kls) - min(kls)) / 2, "gain": gain, "gain_se": se,
-            "reward": statistics.fmean(row["reward_mean"] for row in rows_at_step), "seeds": len(rows_at_step)}
+    return {
+        "kl": statistics.fmean(kls),
+        "kl_spread": (max(kls) - min(kls)) / 2,
+        "gain": gain,
+        "gain_se": se,
+        "reward": statistics.fmean(row["reward_mean"] for row in rows_at_step),
+        "seeds": len(rows_at_step),
+    }
 
 
 def curve_table(rows: list[dict]) -> list[dict]:
@@ -551,8 +827,15 @@ def curve_table(rows: list[dict]) -> list[dict]:
     for (setting, method, beta), by_seed in curves(rows).items():
         for index in range(min(len(seed_rows) for seed_rows in by_seed.values())):
             at_index = [seed_rows[index] for seed_rows in by_seed.values()]
-            table.append({"setting": setting, "method": method, "beta": beta,
-                          "step": max(row["step"] for row in at_index), **pooled(at_index)})
+            table.append(
+                {
+                    "setting": setting,
+                    "method": method,
+                    "beta": beta,
+                    "step": max(row["step"] for row in at_index),
+                    **pooled(at_index),
+                }
+            )
     return table
 
 
@@ -574,15 +857,26 @@ def plot_frontier(rows: list[dict]) -> Figure:
     betas = sorted({row["beta"] for row in table if row["method"] in BETA_METHODS})
     markers = dict(zip(betas, "os^Dv<>p*h"))
     for axis, setting in zip(axes, settings):
-        for (method, beta) in dict.fromkeys((r["method"], r["beta"]) for r in table if r["setting"] == setting):
+        for method, beta in dict.fromkeys((r["method"], r["beta"]) for r in table if r["setting"] == setting):
             points = [r for r in table if (r["setting"], r["method"], r["beta"]) == (setting, method, beta)]
-            axis.errorbar([p["kl"] for p in points], [p["gain"] for p in points],
-                          xerr=[p["kl_spread"] for p in points], yerr=[1.96 * p["gain_se"] for p in points],
-                          fmt=("--" if method.startswith("bon") else "-") + markers.get(beta, "o"),
-                          color=COLORS[method], capsize=2, markersize=4, linewidth=1.2, label=label(method, beta))
+            axis.errorbar(
+                [p["kl"] for p in points],
+                [p["gain"] for p in points],
+                xerr=[p["kl_spread"] for p in points],
+                yerr=[1.96 * p["gain_se"] for p in points],
+                fmt=("--" if method.startswith("bon") else "-") + markers.get(beta, "o"),
+                color=COLORS[method],
+                capsize=2,
+                markersize=4,
+                linewidth=1.2,
+                label=label(method, beta),
+            )
         axis.axhline(0, color="black", linewidth=0.6)
-        axis.set(title=f"{setting}: mean over seeds, 95 % intervals", xlabel="KL(policy || reference), nats",
-                 ylabel="held-out reward gain over the reference (VADER)")
+        axis.set(
+            title=f"{setting}: mean over seeds, 95 % intervals",
+            xlabel="KL(policy || reference), nats",
+            ylabel="held-out reward gain over the reference (VADER)",
+        )
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, ncol=2)
     return figure
@@ -594,11 +888,19 @@ def final_table(rows: list[dict]) -> list[dict]:
     for key, row in final_rows(rows).items():
         last.setdefault((key[1], key[2], key[3]), []).append(row)
     return [
-        {"setting": setting, "method": method, "beta": beta, "seeds": len(group), "step": max(r["step"] for r in group),
-         "reward": statistics.fmean(r["reward_mean"] for r in group), "reward_spread": _spread([r["reward_mean"] for r in group]),
-         "gain": statistics.fmean(r.get("reward_gain", math.nan) for r in group),
-         "kl": statistics.fmean(r["kl"] for r in group), "kl_spread": _spread([r["kl"] for r in group]),
-         "win_rate": statistics.fmean(r["win_rate"] for r in group)}
+        {
+            "setting": setting,
+            "method": method,
+            "beta": beta,
+            "seeds": len(group),
+            "step": max(r["step"] for r in group),
+            "reward": statistics.fmean(r["reward_mean"] for r in group),
+            "reward_spread": _spread([r["reward_mean"] for r in group]),
+            "gain": statistics.fmean(r.get("reward_gain", math.nan) for r in group),
+            "kl": statistics.fmean(r["kl"] for r in group),
+            "kl_spread": _spread([r["kl"] for r in group]),
+            "win_rate": statistics.fmean(r["win_rate"] for r in group),
+        }
         for (setting, method, beta), group in last.items()
     ]
 
@@ -632,7 +934,14 @@ def beta_orders_kl(rows: list[dict]) -> list[dict]:
             if len(runs) >= 2:
                 per_seed[seed] = spearman([beta for beta, _ in runs], [kl for _, kl in runs])
         if per_seed:
-            out.append({"setting": setting, "method": method, "per_seed": per_seed, "mean": statistics.fmean(per_seed.values())})
+            out.append(
+                {
+                    "setting": setting,
+                    "method": method,
+                    "per_seed": per_seed,
+                    "mean": statistics.fmean(per_seed.values()),
+                }
+            )
     return out
 
 
@@ -646,29 +955,54 @@ def odpo_minus_dpo(rows: list[dict]) -> list[dict]:
     last = final_rows(rows)
     out = []
     for setting in dict.fromkeys(key[1] for key in last):
-        matched = [(row, last[(seed, st, "odpo", beta)]) for (seed, st, method, beta), row in last.items()
-                   if st == setting and method == "dpo" and (seed, st, "odpo", beta) in last]
+        matched = [
+            (row, last[(seed, st, "odpo", beta)])
+            for (seed, st, method, beta), row in last.items()
+            if st == setting and method == "dpo" and (seed, st, "odpo", beta) in last
+        ]
         matched = [(d, o) for d, o in matched if "rewards" in d and "rewards" in o]
         if not matched:
             continue
-        per_prompt = [statistics.fmean(o["rewards"][i] - d["rewards"][i] for d, o in matched) for i in range(len(matched[0][0]["rewards"]))]
+        per_prompt = [
+            statistics.fmean(o["rewards"][i] - d["rewards"][i] for d, o in matched)
+            for i in range(len(matched[0][0]["rewards"]))
+        ]
         mean = statistics.fmean(per_prompt)
         half = 1.96 * statistics.stdev(per_prompt) / math.sqrt(len(per_prompt)) if len(per_prompt) > 1 else math.nan
         by_beta = {}
         for d, o in matched:
             by_beta.setdefault(d["beta"], []).append((o["reward_mean"] - d["reward_mean"], o["kl"] - d["kl"]))
-        out.append({"setting": setting, "runs": len(matched), "prompts": len(per_prompt), "reward": mean, "ci95": half,
-                    "by_beta": [{"beta": beta, "reward": statistics.fmean(r for r, _ in diffs), "kl": statistics.fmean(k for _, k in diffs)}
-                                for beta, diffs in sorted(by_beta.items())]})
+        out.append(
+            {
+                "setting": setting,
+                "runs": len(matched),
+                "prompts": len(per_prompt),
+                "reward": mean,
+                "ci95": half,
+                "by_beta": [
+                    {
+                        "beta": beta,
+                        "reward": statistics.fmean(r for r, _ in diffs),
+                        "kl": statistics.fmean(k for _, k in diffs),
+                    }
+                    for beta, diffs in sorted(by_beta.items())
+                ],
+            }
+        )
     return out
 
 
 def offset_stats(pairs: list[dict], alpha: float, scale: float) -> dict:
     """How ODPO's offsets fall on these pairs: the share above 0 (stricter than DPO), below 0 (laxer), and quantiles."""
     offsets = sorted(pair_offsets(pairs, alpha, scale).tolist())
-    return {"pairs": len(offsets), "positive": sum(o > 0 for o in offsets) / len(offsets),
-            "negative": sum(o < 0 for o in offsets) / len(offsets), "min": offsets[0],
-            "median": offsets[len(offsets) // 2], "max": offsets[-1]}
+    return {
+        "pairs": len(offsets),
+        "positive": sum(o > 0 for o in offsets) / len(offsets),
+        "negative": sum(o < 0 for o in offsets) / len(offsets),
+        "min": offsets[0],
+        "median": offsets[len(offsets) // 2],
+        "max": offsets[-1],
+    }
 
 
 def costs(rows: list[dict]) -> list[dict]:
@@ -676,10 +1010,17 @@ def costs(rows: list[dict]) -> list[dict]:
     while training (best-of-N: at answer time, N per prompt), and the models it holds (`MODELS_HELD`)."""
     out = []
     for key, group in _by_curve_final(rows).items():
-        out.append({"setting": key[0], "method": key[1], "beta": key[2], "steps": max(r["step"] for r in group),
-                    "seconds_train": statistics.fmean(r["seconds_train"] for r in group),
-                    "samples_drawn": statistics.fmean(r["samples_drawn"] for r in group),
-                    "models": MODELS_HELD[key[1]]})
+        out.append(
+            {
+                "setting": key[0],
+                "method": key[1],
+                "beta": key[2],
+                "steps": max(r["step"] for r in group),
+                "seconds_train": statistics.fmean(r["seconds_train"] for r in group),
+                "samples_drawn": statistics.fmean(r["samples_drawn"] for r in group),
+                "models": MODELS_HELD[key[1]],
+            }
+        )
     return out
 
 
@@ -693,8 +1034,11 @@ def _by_curve_final(rows: list[dict]) -> dict[tuple, list[dict]]:
 def common_top(rows: list[dict], curve_a: tuple, curve_b: tuple) -> float:
     """The largest KL both curves reach in every seed (each curve's own largest checkpoint KL, the smallest of them)."""
     by_curve = curves(rows)
-    tops = [max(row["kl"] for row in seed_rows) for curve in (curve_a, curve_b)
-            for seed_rows in by_curve.get(curve, {}).values()]
+    tops = [
+        max(row["kl"] for row in seed_rows)
+        for curve in (curve_a, curve_b)
+        for seed_rows in by_curve.get(curve, {}).values()
+    ]
     return min(tops) if tops else math.nan
 
 
@@ -713,72 +1057,128 @@ def comparisons(rows: list[dict], methods, betas, kls) -> list[dict]:
 
 
 def summarize(rows: list[dict], profile: Profile, folder: Path, *, methods, betas) -> dict:
-    reward_models = [json.loads(path.read_text(encoding="utf-8"))
-                     for path in sorted(folder.glob("reward_model_seed*.json"))]
+    reward_models = [
+        json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("reward_model_seed*.json"))
+    ]
     offsets = {}
     if "odpo" in methods:
-        offsets = {seed: offset_stats(load_preferences(folder / f"pairs_seed{seed}.jsonl", require_scores=True, log=None),
-                                      profile.frontier_odpo_alpha, profile.frontier_odpo_score_scale)
-                   for seed in profile.frontier_seeds}
+        offsets = {
+            seed: offset_stats(
+                load_preferences(folder / f"pairs_seed{seed}.jsonl", require_scores=True, log=None),
+                profile.frontier_odpo_alpha,
+                profile.frontier_odpo_score_scale,
+            )
+            for seed in profile.frontier_seeds
+        }
     return {
-        "profile": profile.name, "methods": list(methods), "betas": list(betas), "seeds": list(profile.frontier_seeds),
-        "settings": list(setting_names(profile)), "odpo_alpha": profile.frontier_odpo_alpha,
-        "odpo_score_scale": profile.frontier_odpo_score_scale, "rloo_beta": profile.frontier_rloo_beta,
-        "train_prompts": profile.frontier_train_prompts, "heldout_prompts": profile.frontier_heldout_prompts,
-        "max_new_tokens": profile.frontier_max_new_tokens, "bon_ns": list(profile.frontier_bon_ns),
-        "runs": len(run_keys(profile, methods, betas)), "curves": curve_table(rows), "final": final_table(rows),
-        "kl_span": kl_span(rows), "beta_orders_kl": beta_orders_kl(rows), "odpo_minus_dpo": odpo_minus_dpo(rows),
-        "matched_kl": comparisons(rows, methods, betas, profile.frontier_matched_kls), "costs": costs(rows),
-        "reward_models": reward_models, "offsets": offsets,
+        "profile": profile.name,
+        "methods": list(methods),
+        "betas": list(betas),
+        "seeds": list(profile.frontier_seeds),
+        "settings": list(setting_names(profile)),
+        "odpo_alpha": profile.frontier_odpo_alpha,
+        "odpo_score_scale": profile.frontier_odpo_score_scale,
+        "rloo_beta": profile.frontier_rloo_beta,
+        "train_prompts": profile.frontier_train_prompts,
+        "heldout_prompts": profile.frontier_heldout_prompts,
+        "max_new_tokens": profile.frontier_max_new_tokens,
+        "bon_ns": list(profile.frontier_bon_ns),
+        "runs": len(run_keys(profile, methods, betas)),
+        "curves": curve_table(rows),
+        "final": final_table(rows),
+        "kl_span": kl_span(rows),
+        "beta_orders_kl": beta_orders_kl(rows),
+        "odpo_minus_dpo": odpo_minus_dpo(rows),
+        "matched_kl": comparisons(rows, methods, betas, profile.frontier_matched_kls),
+        "costs": costs(rows),
+        "reward_models": reward_models,
+        "offsets": offsets,
     }
 
 
 def markdown_table(summary: dict) -> str:
     methods = ", ".join(LABELS[m] for m in summary["methods"])
     lines = [
-        f"# Reward-KL frontier ({summary['profile']} profile, {summary['device']}, {summary['precision']})", "",
+        f"# Reward-KL frontier ({summary['profile']} profile, {summary['device']}, {summary['precision']})",
+        "",
         f"{summary['runs']} runs in {summary['seconds'] / 60:.1f} min: {methods}; seeds {summary['seeds']}; "
         f"DPO/ODPO betas {summary['betas']}; RLOO beta {summary['rloo_beta']}; best-of-N for N in {summary['bon_ns']}; "
         f"{summary['train_prompts']} openings for pairs, {summary['heldout_prompts']} held-out prompts, "
-        f"{summary['max_new_tokens']} new tokens.", "",
-        "![frontier](frontier.png)", "",
+        f"{summary['max_new_tokens']} new tokens.",
+        "",
+        "![frontier](frontier.png)",
+        "",
         f"KL span of the non-reference checkpoints: {summary['kl_span']['min']:.2f} to {summary['kl_span']['max']:.2f} "
-        f"nats ({summary['kl_span']['ratio']:.1f}x). Best-of-N's KL is the bound log N - (N-1)/N, an upper bound.", "",
-        "## Every checkpoint (seed means; gain over each seed's reference ± 1.96 SE)", "",
-        "| setting | method | step | KL (nats) | gain | reward |", "|---|---|---|---|---|---|",
+        f"nats ({summary['kl_span']['ratio']:.1f}x). Best-of-N's KL is the bound log N - (N-1)/N, an upper bound.",
+        "",
+        "## Every checkpoint (seed means; gain over each seed's reference ± 1.96 SE)",
+        "",
+        "| setting | method | step | KL (nats) | gain | reward |",
+        "|---|---|---|---|---|---|",
     ]
     for row in summary["curves"]:
-        lines.append(f"| {row['setting']} | {label(row['method'], row['beta'])} | {row['step']} | "
-                     f"{row['kl']:.2f} ± {row['kl_spread']:.2f} | {row['gain']:+.3f} ± {1.96 * row['gain_se']:.3f} | "
-                     f"{row['reward']:+.3f} |")
+        lines.append(
+            f"| {row['setting']} | {label(row['method'], row['beta'])} | {row['step']} | "
+            f"{row['kl']:.2f} ± {row['kl_spread']:.2f} | {row['gain']:+.3f} ± {1.96 * row['gain_se']:.3f} | "
+            f"{row['reward']:+.3f} |"
+        )
     if summary["matched_kl"]:
-        lines += ["", "## At matched KL: DPO minus each other curve (pooled over seeds and prompts)", "",
-                  "| other | KL | difference ± SE | per seed | > 2 SE, seeds agree |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## At matched KL: DPO minus each other curve (pooled over seeds and prompts)",
+            "",
+            "| other | KL | difference ± SE | per seed | > 2 SE, seeds agree |",
+            "|---|---|---|---|---|",
+        ]
         for comparison in summary["matched_kl"]:
             for point in comparison["at"]:
                 per_seed = ", ".join(f"{v:+.3f}" for v in point["per_seed"].values())
-                lines.append(f"| {label(comparison['b'][1], comparison['b'][2])} | {point['kl']:g} | "
-                             f"{point['difference']:+.3f} ± {point['se']:.3f} | {per_seed} | "
-                             f"{'yes' if point['separated'] else 'no'} |")
+                lines.append(
+                    f"| {label(comparison['b'][1], comparison['b'][2])} | {point['kl']:g} | "
+                    f"{point['difference']:+.3f} ± {point['se']:.3f} | {per_seed} | "
+                    f"{'yes' if point['separated'] else 'no'} |"
+                )
     if summary["reward_models"]:
-        lines += ["", "## The reward model (held-out pairs, fresh samples)", "",
-                  "| seed | train accuracy (last epoch) | held-out pair accuracy | Spearman with VADER, within prompts | seconds |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## The reward model (held-out pairs, fresh samples)",
+            "",
+            "| seed | train accuracy (last epoch) | held-out pair accuracy | Spearman with VADER, within prompts | seconds |",
+            "|---|---|---|---|---|",
+        ]
         for rm in summary["reward_models"]:
-            lines.append(f"| {rm['seed']} | {rm['train_accuracy']:.3f} | {rm['heldout']['accuracy']:.3f} "
-                         f"({rm['heldout_pairs']}) | {rm['heldout']['spearman_within']:+.3f} | {rm['seconds']:.0f} |")
-    lines += ["", "## Costs (mean over seeds; the reward model's own training is in its table)", "",
-              "| method | steps (best-of-N: N) | training seconds | samples drawn | models held |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {rm['seed']} | {rm['train_accuracy']:.3f} | {rm['heldout']['accuracy']:.3f} "
+                f"({rm['heldout_pairs']}) | {rm['heldout']['spearman_within']:+.3f} | {rm['seconds']:.0f} |"
+            )
+    lines += [
+        "",
+        "## Costs (mean over seeds; the reward model's own training is in its table)",
+        "",
+        "| method | steps (best-of-N: N) | training seconds | samples drawn | models held |",
+        "|---|---|---|---|---|",
+    ]
     for row in summary["costs"]:
-        lines.append(f"| {label(row['method'], row['beta'])} | {row['steps']} | {row['seconds_train']:.0f} | "
-                     f"{row['samples_drawn']:.0f} | {row['models']} |")
+        lines.append(
+            f"| {label(row['method'], row['beta'])} | {row['steps']} | {row['seconds_train']:.0f} | "
+            f"{row['samples_drawn']:.0f} | {row['models']} |"
+        )
     if summary["beta_orders_kl"]:
-        lines += ["", "## Does beta order the KL? Spearman(beta, final KL)", "", "| setting | method | per seed | mean |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Does beta order the KL? Spearman(beta, final KL)",
+            "",
+            "| setting | method | per seed | mean |",
+            "|---|---|---|---|",
+        ]
         for row in summary["beta_orders_kl"]:
             per_seed = ", ".join(f"{value:+.2f}" for value in row["per_seed"].values())
             lines.append(f"| {row['setting']} | {row['method'].upper()} | {per_seed} | {row['mean']:+.2f} |")
     for row in summary["odpo_minus_dpo"]:
-        lines += ["", "## ODPO minus DPO at the same seed, beta and last step (95 % interval, paired over prompts)", "",
-                  f"{row['setting']}: {row['reward']:+.3f} ± {row['ci95']:.3f} over {row['runs']} matched runs"]
+        lines += [
+            "",
+            "## ODPO minus DPO at the same seed, beta and last step (95 % interval, paired over prompts)",
+            "",
+            f"{row['setting']}: {row['reward']:+.3f} ± {row['ci95']:.3f} over {row['runs']} matched runs",
+        ]
     return "\n".join(lines) + "\n"

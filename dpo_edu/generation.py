@@ -23,20 +23,20 @@ A prompt is continued as plain text (no chat template): an opening such as
 (prompt, chosen, rejected) strings then work unchanged in TRL's standard
 (non-conversational) format.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import itertools
-import json
 import math
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from .data import tokenize_pair
-from .utils import autocast, eval_mode, staged
+from .precision import autocast
+from .utils import eval_mode
 
 PAIRING_RULES = ("best_vs_worst", "all")
 
@@ -48,6 +48,7 @@ class Samples:
     completion_ids[i] holds the generated ids of sample i (prompt i // per_prompt),
     ending at the first EOS (kept) or at max_new_tokens.
     """
+
     prompts: list[str]
     per_prompt: int
     prompt_ids: list[list[int]]
@@ -94,7 +95,9 @@ def _run_prompts(model, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, list
             logits = out.logits.new_empty((len(prompt_ids), out.logits.shape[-1]), dtype=torch.float32)
             for layer in cache.layers:
                 keys.append(layer.keys.new_zeros((len(prompt_ids), layer.keys.shape[1], width, layer.keys.shape[3])))
-                values.append(layer.values.new_zeros((len(prompt_ids), layer.values.shape[1], width, layer.values.shape[3])))
+                values.append(
+                    layer.values.new_zeros((len(prompt_ids), layer.values.shape[1], width, layer.values.shape[3]))
+                )
         index = torch.tensor(rows, device=device)
         logits[index] = out.logits[:, -1].float()
         for layer, cached in enumerate(cache.layers):
@@ -134,7 +137,9 @@ def _kv_cache(model, keys: list[torch.Tensor], values: list[torch.Tensor], per_p
 SAMPLING_BLOCK = 256
 
 
-def _sample_token(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample_token(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row from softmax(logits / temperature), in float32: (rows, V) -> (rows,), with that softmax
     (rows, V') (V' >= V: zero-probability columns pad it to whole blocks).
 
@@ -155,8 +160,15 @@ def _sample_token(logits: torch.Tensor, temperature: float, generator: torch.Gen
     return (block * SAMPLING_BLOCK + torch.multinomial(within, 1, generator=generator)).squeeze(1), probs
 
 
-def _sample_batch(model, prompt_ids: list[list[int]], per_prompt: int, max_new_tokens: int, temperature: float,
-                  eos_token_id: int | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample_batch(
+    model,
+    prompt_ids: list[list[int]],
+    per_prompt: int,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int | None,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`per_prompt` samples of each prompt: (n * per_prompt, T) token ids, T <= max_new_tokens, the rows of one prompt
     adjacent, and each token's log-probability under the model, log softmax(logits) at temperature 1: (rows, T) float32.
 
@@ -169,7 +181,8 @@ def _sample_batch(model, prompt_ids: list[list[int]], per_prompt: int, max_new_t
     """
     logits, keys, values = _run_prompts(model, prompt_ids)  # each prompt once, however many samples it gets
     logits = logits.repeat_interleave(per_prompt, dim=0)  # (rows, V), rows = n * per_prompt
-    lengths = torch.tensor([len(ids) for ids in prompt_ids], device=logits.device).repeat_interleave(per_prompt)  # (rows,)
+    prompt_lengths = torch.tensor([len(ids) for ids in prompt_ids], device=logits.device)  # (n,)
+    lengths = prompt_lengths.repeat_interleave(per_prompt)  # (rows,)
     width = int(lengths.max())
     cache = _kv_cache(model, keys, values, per_prompt, width + max_new_tokens)
     slots = torch.arange(width + max_new_tokens, device=logits.device)
@@ -188,8 +201,13 @@ def _sample_batch(model, prompt_ids: list[list[int]], per_prompt: int, max_new_t
             finished |= token == eos_token_id
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
-        out = model(input_ids=token[:, None], attention_mask=attention_mask[:, : width + step + 1],
-                    position_ids=(lengths + step)[:, None], use_cache=True, **{keyword: cache})
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=attention_mask[:, : width + step + 1],
+            position_ids=(lengths + step)[:, None],
+            use_cache=True,
+            **{keyword: cache},
+        )
         logits = out.logits[:, -1]
     return torch.stack(tokens, dim=1), torch.stack(token_logps, dim=1)
 
@@ -241,8 +259,9 @@ def sample_completions(
         # one seed per batch, drawn from the run's seed: a batch does not depend on how many draws earlier ones made
         generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=seeds)))
         with eval_mode(model), autocast(device, precision):  # eval mode: no dropout; the caller's mode after
-            tokens, token_logps = _sample_batch(model, [prompt_ids[i] for i in batch], per_prompt, max_new_tokens,
-                                                temperature, eos, generator)
+            tokens, token_logps = _sample_batch(
+                model, [prompt_ids[i] for i in batch], per_prompt, max_new_tokens, temperature, eos, generator
+            )
         rows = iter(zip(tokens.tolist(), token_logps.tolist()))  # per_prompt rows for each prompt of the batch, in turn
         for i in batch:
             for sample in range(per_prompt):
@@ -297,8 +316,10 @@ def make_pairs(
     k = samples.per_prompt
     for p, prompt in enumerate(samples.prompts):
         usable = [
-            i for i in range(p * k, (p + 1) * k)
-            if samples.texts[i].strip() and (tokenizer is None or tokenizes_cleanly(tokenizer, prompt, samples.texts[i]))
+            i
+            for i in range(p * k, (p + 1) * k)
+            if samples.texts[i].strip()
+            and (tokenizer is None or tokenizes_cleanly(tokenizer, prompt, samples.texts[i]))
         ]
         counts["unusable_text"] += k - len(usable)
         ranked = sorted(usable, key=lambda i: scores[i], reverse=True)
@@ -310,18 +331,14 @@ def make_pairs(
             if scores[high] - scores[low] < min_gap:
                 counts["small_gap"] += 1
                 continue
-            pairs.append({
-                "prompt": prompt, "chosen": samples.texts[high], "rejected": samples.texts[low],
-                "chosen_score": float(scores[high]), "rejected_score": float(scores[low]),
-            })
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": samples.texts[high],
+                    "rejected": samples.texts[low],
+                    "chosen_score": float(scores[high]),
+                    "rejected_score": float(scores[low]),
+                }
+            )
     counts["pairs"] = len(pairs)
     return pairs, counts
-
-
-def write_jsonl(rows: Sequence[dict], path: str | Path) -> Path:
-    """Write one JSON object per line (UTF-8, "\\n"), atomically (`dpo_edu.utils.staged`: a temporary file, then a rename)."""
-    path = Path(path)
-    with staged(path) as staging, staging.open("w", encoding="utf-8", newline="\n") as file:
-        for row in rows:
-            file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path

@@ -13,6 +13,7 @@ Conventions (those of Hugging Face and TRL): `labels` has the shape of
 `input_ids`, with `ignore_index` (-100) on prompt and padding tokens; the
 logits at position t predict the token at t + 1, so both functions shift by one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,9 @@ def default_chunk_rows(rows: int) -> int:
 
 def _check_shapes(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
-        raise ValueError(f"expected logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(
+            f"expected logits (B, T, V) and labels (B, T), got {tuple(logits.shape)} and {tuple(labels.shape)}"
+        )
 
 
 def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +86,9 @@ class _TokenLogprobs(torch.autograd.Function):
         dtype = _compute_dtype(logits)
         log_normaliser = torch.empty(rows, dtype=dtype, device=logits.device)
         for start in range(0, rows, chunk_rows):
-            log_normaliser[start : start + chunk_rows] = torch.logsumexp(logits[start : start + chunk_rows].to(dtype), dim=-1)
+            log_normaliser[start : start + chunk_rows] = torch.logsumexp(
+                logits[start : start + chunk_rows].to(dtype), dim=-1
+            )
         label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(dtype)
         ctx.save_for_backward(logits, labels, log_normaliser)
         ctx.chunk_rows = chunk_rows
@@ -96,8 +101,13 @@ class _TokenLogprobs(torch.autograd.Function):
         # float32 (or float64) logits: each chunk's softmax is computed in place in the gradient itself, with no
         # temporary per chunk; bf16 / fp16 ones: in float32 in one reused buffer, rounded once into the gradient
         in_place = logits.dtype == log_normaliser.dtype
-        buffer = None if in_place else torch.empty(min(ctx.chunk_rows, len(logits)), logits.shape[1],
-                                                   dtype=log_normaliser.dtype, device=logits.device)
+        buffer = (
+            None
+            if in_place
+            else torch.empty(
+                min(ctx.chunk_rows, len(logits)), logits.shape[1], dtype=log_normaliser.dtype, device=logits.device
+            )
+        )
         for start in range(0, len(logits), ctx.chunk_rows):
             stop = start + ctx.chunk_rows
             chunk, normaliser = logits[start:stop], log_normaliser[start:stop, None]

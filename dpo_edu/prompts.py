@@ -16,6 +16,7 @@ do well on them by remembering a title. Each row is {"prompt": "...", "tone": ".
 `load_prompts` reads a file, or makes the same rows in memory where the repo's
 data/ folder is absent (a pip install on Colab). A test keeps the two equal.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,23 +30,89 @@ SEED = 2024
 N_TRAIN, N_HELDOUT = 640, 240
 
 ADJECTIVES = [
-    "Last", "Silent", "Broken", "Hollow", "Golden", "Crimson", "Paper", "Midnight", "Distant", "Burning",
-    "Quiet", "Frozen", "Velvet", "Iron", "Glass", "Wild", "Lonely", "Electric", "Forgotten", "Bitter",
+    "Last",
+    "Silent",
+    "Broken",
+    "Hollow",
+    "Golden",
+    "Crimson",
+    "Paper",
+    "Midnight",
+    "Distant",
+    "Burning",
+    "Quiet",
+    "Frozen",
+    "Velvet",
+    "Iron",
+    "Glass",
+    "Wild",
+    "Lonely",
+    "Electric",
+    "Forgotten",
+    "Bitter",
 ]
 NOUNS = [
-    "Harbor", "Static", "Moons", "Rivers", "Orchard", "Signal", "Kingdom", "Summer", "Letters", "Engine",
-    "Garden", "Frontier", "Lanterns", "Tide", "Alibi", "Parade", "Winter", "Compass", "Choir", "Horizon",
+    "Harbor",
+    "Static",
+    "Moons",
+    "Rivers",
+    "Orchard",
+    "Signal",
+    "Kingdom",
+    "Summer",
+    "Letters",
+    "Engine",
+    "Garden",
+    "Frontier",
+    "Lanterns",
+    "Tide",
+    "Alibi",
+    "Parade",
+    "Winter",
+    "Compass",
+    "Choir",
+    "Horizon",
 ]
 GENRES = [
-    "thriller", "romantic comedy", "animated feature", "war drama", "horror film", "documentary", "science-fiction epic",
-    "musical", "western", "heist movie", "coming-of-age story", "biopic", "courtroom drama", "disaster movie",
-    "family comedy", "spy thriller", "period piece", "superhero movie", "mystery", "sports drama",
+    "thriller",
+    "romantic comedy",
+    "animated feature",
+    "war drama",
+    "horror film",
+    "documentary",
+    "science-fiction epic",
+    "musical",
+    "western",
+    "heist movie",
+    "coming-of-age story",
+    "biopic",
+    "courtroom drama",
+    "disaster movie",
+    "family comedy",
+    "spy thriller",
+    "period piece",
+    "superhero movie",
+    "mystery",
+    "sports drama",
 ]
 SCENES = [
-    "an empty train station", "a crowded wedding", "a burning farmhouse", "two strangers on a rooftop",
-    "a child drawing on a steamed-up window", "a storm over the sea", "a courtroom at dawn", "a dog waiting by a door",
+    "an empty train station",
+    "a crowded wedding",
+    "a burning farmhouse",
+    "two strangers on a rooftop",
+    "a child drawing on a steamed-up window",
+    "a storm over the sea",
+    "a courtroom at dawn",
+    "a dog waiting by a door",
 ]
-EXPECTATIONS = ["very little", "a masterpiece", "a fun evening", "a disaster", "another tired sequel", "something different"]
+EXPECTATIONS = [
+    "very little",
+    "a masterpiece",
+    "a fun evening",
+    "a disaster",
+    "another tired sequel",
+    "something different",
+]
 
 TEMPLATES = {
     "positive": [
@@ -102,7 +169,10 @@ def openings(titles: list[str], count: int, rng: random.Random) -> list[dict[str
             break
         template = rng.choice(TEMPLATES[tone])
         text = template.format(
-            title=rng.choice(titles), genre=rng.choice(GENRES), scene=rng.choice(SCENES), expectation=rng.choice(EXPECTATIONS)
+            title=rng.choice(titles),
+            genre=rng.choice(GENRES),
+            scene=rng.choice(SCENES),
+            expectation=rng.choice(EXPECTATIONS),
         )
         text = article_fixed(text)
         chosen.setdefault(text, {"prompt": text, "tone": tone})
@@ -147,12 +217,16 @@ def read_prompts(path: str | Path) -> list:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file; pass a .txt file (one prompt per line) or a .jsonl file with a 'prompt' field")
+        raise ValueError(
+            f"{path}: no such file; pass a .txt file (one prompt per line) or a .jsonl file with a 'prompt' field"
+        )
     with path.open(encoding="utf-8-sig") as file:
         try:
             lines = list(enumerate(file, start=1))
         except UnicodeDecodeError as error:
-            raise ValueError(f"{path}: not UTF-8 ({error.reason} at byte {error.start}); save the file as UTF-8") from None
+            raise ValueError(
+                f"{path}: not UTF-8 ({error.reason} at byte {error.start}); save the file as UTF-8"
+            ) from None
     if path.suffix in (".json", ".jsonl"):
         prompts = [_prompt_of(path, where, row) for where, row in _json_rows(path, lines)]
     else:
@@ -180,9 +254,11 @@ def _json_rows(path: Path, lines: list[tuple[int, str]]) -> list[tuple[str, obje
         try:
             rows.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); a prompts "
-                             f"file in JSON holds one {{\"prompt\": ...}} object per line (.jsonl), or one array of "
-                             f"them (.json)") from None
+            raise ValueError(
+                f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno}); a prompts "
+                f'file in JSON holds one {{"prompt": ...}} object per line (.jsonl), or one array of '
+                f"them (.json)"
+            ) from None
     return rows
 
 
@@ -190,14 +266,21 @@ def _prompt_of(path: Path, where: str, row) -> str | list:
     """The prompt of one JSON row: its "prompt" field (a string or a conversation), or the row itself if a string."""
     prompt = row if isinstance(row, str) else row.get("prompt") if isinstance(row, dict) else None
     if not _usable_prompt(prompt):
-        raise ValueError(f"{path}, {where}, field 'prompt': expected a non-empty string or a list of "
-                         f"{{\"role\", \"content\"}} messages ending with the user's, got {json.dumps(prompt)[:60]}")
+        raise ValueError(
+            f"{path}, {where}, field 'prompt': expected a non-empty string or a list of "
+            f'{{"role", "content"}} messages ending with the user\'s, got {json.dumps(prompt)[:60]}'
+        )
     return prompt
 
 
 def _usable_prompt(prompt) -> bool:
     if isinstance(prompt, str):
         return bool(prompt.strip())
-    return (isinstance(prompt, list) and bool(prompt)
-            and all(isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in prompt)
-            and prompt[-1]["role"] == "user")
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in prompt
+        )
+        and prompt[-1]["role"] == "user"
+    )

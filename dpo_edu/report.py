@@ -3,6 +3,7 @@
 Figures are built on `matplotlib.figure.Figure`, which needs no GUI backend:
 the CLI saves them as PNG, a notebook displays them.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from matplotlib.figure import Figure
+
+from .precision import describe
 
 # One panel per tuple: the metrics.jsonl keys it draws, and its title. The implicit rewards of the chosen and of the
 # rejected responses share a panel: the margin can grow while both fall (likelihood displacement, notebooks 03 and 06).
@@ -27,7 +30,9 @@ def plot_training(history: Sequence[dict]) -> Figure:
     steps = [row["step"] for row in history]
     for axis, (keys, title) in zip(figure.subplots(1, len(TRAINING_PANELS)), TRAINING_PANELS):
         for key in keys:
-            axis.plot(steps, [row[key] for row in history], marker=".", linewidth=1, label=key if len(keys) > 1 else None)
+            axis.plot(
+                steps, [row[key] for row in history], marker=".", linewidth=1, label=key if len(keys) > 1 else None
+            )
         if len(keys) > 1:
             axis.axhline(0, color="grey", linewidth=0.8)
             axis.legend()
@@ -45,8 +50,10 @@ def implicit_rewards(history: Sequence[dict], last: int = 20) -> dict:
     """
     tail = history[-last:]
     return {
-        "steps": len(history), "steps_chosen_negative": sum(row["rewards/chosen"] < 0 for row in history),
-        "last_steps": len(tail), "chosen_last": sum(row["rewards/chosen"] for row in tail) / len(tail),
+        "steps": len(history),
+        "steps_chosen_negative": sum(row["rewards/chosen"] < 0 for row in history),
+        "last_steps": len(tail),
+        "chosen_last": sum(row["rewards/chosen"] for row in tail) / len(tail),
         "rejected_last": sum(row["rewards/rejected"] for row in tail) / len(tail),
     }
 
@@ -58,7 +65,13 @@ def plot_evaluation(evaluations: Sequence[dict], reward_name: str = "VADER") -> 
     titles = (f"held-out mean reward ({reward_name})", "KL(policy || reference), nats")
     for axis, key, title in zip(figure.subplots(1, 2), ("reward", "kl"), titles):
         mean_key = "reward_mean" if key == "reward" else "kl"
-        axis.errorbar(steps, [row[mean_key] for row in evaluations], yerr=[row[f"{key}_se"] for row in evaluations], marker="o", capsize=3)
+        axis.errorbar(
+            steps,
+            [row[mean_key] for row in evaluations],
+            yerr=[row[f"{key}_se"] for row in evaluations],
+            marker="o",
+            capsize=3,
+        )
         axis.set(title=title, xlabel="optimizer step")
         axis.grid(alpha=0.3)
     return figure
@@ -74,12 +87,20 @@ def plot_pair_evaluation(evaluations: Sequence[dict]) -> Figure:
     accuracy.set(title="held-out accuracy (chosen reward > rejected)", xlabel="optimizer step", ylim=(-0.05, 1.05))
     for key, label in (("chosen_reward", "chosen"), ("rejected_reward", "rejected")):
         rewards.plot(steps, [row[key] for row in evaluations], marker=".", label=label)
-    rewards.errorbar(steps, [row["margin"] for row in evaluations], yerr=[row["margin_se"] for row in evaluations],
-                     marker="o", capsize=3, label="margin")
+    rewards.errorbar(
+        steps,
+        [row["margin"] for row in evaluations],
+        yerr=[row["margin_se"] for row in evaluations],
+        marker="o",
+        capsize=3,
+        label="margin",
+    )
     rewards.axhline(0, color="grey", linewidth=0.8)
     rewards.legend()
     rewards.set(title="held-out implicit rewards beta * log(pi / pi_ref)", xlabel="optimizer step")
-    kl.errorbar(steps, [row["kl"] for row in evaluations], yerr=[row["kl_se"] for row in evaluations], marker="o", capsize=3)
+    kl.errorbar(
+        steps, [row["kl"] for row in evaluations], yerr=[row["kl_se"] for row in evaluations], marker="o", capsize=3
+    )
     kl.set(title="KL(policy || reference) on their prompts, nats", xlabel="optimizer step")
     for axis in (accuracy, rewards, kl):
         axis.grid(alpha=0.3)
@@ -94,8 +115,11 @@ def plot_reward_histograms(before: Sequence[float], after: Sequence[float], rewa
     bins = [low + (high - low) * i / 20 for i in range(21)]
     axis.hist(before, bins=bins, alpha=0.6, label="reference (before)")
     axis.hist(after, bins=bins, alpha=0.6, label="policy (after)")
-    axis.set(title="held-out rewards", xlabel="VADER compound score" if reward_name == "VADER" else f"reward ({reward_name})",
-             ylabel="samples")
+    axis.set(
+        title="held-out rewards",
+        xlabel="VADER compound score" if reward_name == "VADER" else f"reward ({reward_name})",
+        ylabel="samples",
+    )
     axis.legend()
     return figure
 
@@ -124,17 +148,13 @@ def _quote(text: str, limit: int = 220) -> str:
     return (text[:limit] + "…" if len(text) > limit else text).replace("|", "\\|")
 
 
-def _arithmetic(precision: str) -> str:
-    return "float32" if precision == "fp32" else f"{precision} autocast, float32 weights and log-probs"
-
-
 def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequence[dict]) -> str:
     """report.md: the results table, the plots and sample generations before and after."""
     ref, final = summary["reference"], summary["final"]
     lines = [
         f"# DPO run on {summary['device']} ({summary['profile']} profile)",
         "",
-        f"Weights: {summary['model']['weights']}. Arithmetic: {_arithmetic(summary.get('precision', 'fp32'))}.",
+        f"Weights: {summary['model']['weights']}. Arithmetic: {describe(summary.get('precision', 'fp32'))}.",
         "",
         f"Finished in {summary['seconds']['total']:.0f} s: pairs {summary['seconds']['pairs']:.0f} s, "
         f"training {summary['seconds']['train']:.0f} s (with evaluation {summary['seconds']['evaluation']:.0f} s), "
@@ -167,7 +187,13 @@ def markdown_report(summary: dict, plot_paths: dict[str, Path], examples: Sequen
         ]
     lines += ["## Plots", ""]
     lines += [f"![{name}](plots/{path.name})" for name, path in plot_paths.items()]
-    lines += ["", "## Samples before and after (held-out prompts)", "", "| prompt | reference | DPO policy |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Samples before and after (held-out prompts)",
+        "",
+        "| prompt | reference | DPO policy |",
+        "|---|---|---|",
+    ]
     for example in examples:
         lines.append(
             f"| {_quote(example['prompt'], 90)} | ({example['before_reward']:+.2f}) {_quote(example['before'])} "
@@ -182,7 +208,7 @@ def markdown_pairs_report(summary: dict, plot_paths: dict[str, Path], examples: 
     lines = [
         f"# DPO on {counts['source']} on {summary['device']} ({summary['profile']} profile)",
         "",
-        f"Weights: {summary['model']['weights']}. Arithmetic: {_arithmetic(summary.get('precision', 'fp32'))}.",
+        f"Weights: {summary['model']['weights']}. Arithmetic: {describe(summary.get('precision', 'fp32'))}.",
         "",
         f"Finished in {summary['seconds']['total']:.0f} s (training {summary['seconds']['train']:.0f} s, with evaluation "
         f"{summary['seconds']['evaluation']:.0f} s): {counts['pairs']} training pairs, {counts['heldout_pairs']} held out by prompt, "

@@ -15,6 +15,7 @@ shuffle, one metrics record per step, `on_step` for evaluations, Ctrl-C stops af
 (`RewardConfig`), and the comparison with DPO's implicit reward beta * log(pi / pi_ref) ("your language model is
 secretly a reward model", measured): held-out pair accuracy and Spearman rank agreement with the true reward.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,10 +31,18 @@ from .bradley_terry import reward_model_loss
 from .data import format_prompt, prompt_text
 from .evaluate import completion_logps, mean_and_se
 from .generation import Samples
+from .precision import autocast, precision_problem
 from .rewards import _text
-from .train import (MIXED_PRECISION, TrainConfig, TrainingStopped, _accelerator, _adamw, _left_as_it_was,
-                    capped_warmup, compute_reference_logps)
-from .utils import autocast, eval_mode, pad_token_id, seed_everything
+from .train import (
+    TrainConfig,
+    TrainingStopped,
+    adamw,
+    capped_warmup,
+    compute_pair_logps,
+    left_as_it_was,
+    make_accelerator,
+)
+from .utils import eval_mode, pad_token_id, seed_everything
 
 # ------------------------------------------------------------ checked configs (RewardConfig, RLOOConfig, SFTConfig)
 
@@ -56,7 +65,8 @@ def _wrong_type(kind: type, value: Any) -> bool:
 
 
 def check_config(config) -> None:
-    """Check every field of a dataclass config against its annotation and its class's RANGES and CHOICES;
+    """Check every field of a dataclass config against its annotation, its class's RANGES and, for mixed_precision,
+    dpo_edu.precision's names;
     all problems in one ValueError naming the class ("invalid RewardConfig: batch_size must be >= 1, got 0")."""
     hints, problems = get_type_hints(type(config)), []
     for field in dataclasses.fields(config):
@@ -67,8 +77,8 @@ def check_config(config) -> None:
         (kind,) = kinds - {type(None)}
         if _wrong_type(kind, value):
             problems.append(f"{name} must be {'None or ' * (type(None) in kinds)}{kind.__name__}, got {value!r}")
-        elif name in config.CHOICES and value not in config.CHOICES[name]:
-            problems.append(f"{name} {value!r} is not one of: {', '.join(config.CHOICES[name])}")
+        elif name == "mixed_precision" and precision_problem(value, name):
+            problems.append(precision_problem(value, name))
         elif name in config.RANGES and not config.RANGES[name][0](value):
             problems.append(f"{name} must be {config.RANGES[name][1]}, got {value!r}")
     if problems:
@@ -76,9 +86,16 @@ def check_config(config) -> None:
 
 
 TRAINING_RANGES = {
-    "learning_rate": above(0), "weight_decay": at_least(0), "batch_size": at_least(1), "epochs": at_least(1),
-    "max_steps": at_least(1), "warmup_steps": at_least(0), "max_grad_norm": above(0), "max_length": at_least(2),
-    "max_prompt_length": at_least(1), "seed": (lambda seed: 0 <= seed < 2**32, "in [0, 2**32)"),
+    "learning_rate": above(0),
+    "weight_decay": at_least(0),
+    "batch_size": at_least(1),
+    "epochs": at_least(1),
+    "max_steps": at_least(1),
+    "warmup_steps": at_least(0),
+    "max_grad_norm": above(0),
+    "max_length": at_least(2),
+    "max_prompt_length": at_least(1),
+    "seed": (lambda seed: 0 <= seed < 2**32, "in [0, 2**32)"),
 }
 
 
@@ -103,12 +120,11 @@ class RewardConfig:
     # state), each row's features computed once
     train_body: bool = True
     use_chat_template: bool = False  # the course's prompts are text to continue (dpo_edu.stages.train_config)
-    mixed_precision: str = "auto"  # accelerate's names: auto, no, fp16, bf16 (train.TrainConfig's)
+    mixed_precision: str = "auto"  # dpo_edu.precision's names: auto, fp32, bf16, fp16
     seed: int = 0
 
     RANGES: ClassVar[dict] = {**TRAINING_RANGES, "center_rewards_coefficient": at_least(0)}
-    CHOICES: ClassVar[dict] = {"mixed_precision": MIXED_PRECISION}
-    gradient_accumulation_steps: ClassVar[int] = 1  # what train._accelerator reads
+    gradient_accumulation_steps: ClassVar[int] = 1  # what train.make_accelerator reads
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -123,15 +139,23 @@ def epoch_batches(n_items: int, batch_size: int, *, epochs: int, max_steps: int 
     generator, steps = torch.Generator().manual_seed(seed), []
     for _ in range(epochs):
         order = torch.randperm(n_items, generator=generator).tolist()
-        steps += [order[start:start + batch_size] for start in range(0, n_items, batch_size)]
+        steps += [order[start : start + batch_size] for start in range(0, n_items, batch_size)]
     return steps[:max_steps]
 
 
 StepLoss = Callable[[Any, list[int]], tuple[torch.Tensor, dict[str, float]]]
 
 
-def fit(model, config, steps: Sequence[list[int]], step_loss: StepLoss, *, desc: str,
-        on_step: Callable[[dict], dict | None] | None = None, progress: bool = False) -> list[dict[str, float]]:
+def fit(
+    model,
+    config,
+    steps: Sequence[list[int]],
+    step_loss: StepLoss,
+    *,
+    desc: str,
+    on_step: Callable[[dict], dict | None] | None = None,
+    progress: bool = False,
+) -> list[dict[str, float]]:
     """Train `model` in place, one optimizer step per entry of `steps`; return one record per step.
 
     `step_loss(model, items)` -> (loss () with gradient, its metrics as floats) for the items of one step; it runs
@@ -148,12 +172,16 @@ def fit(model, config, steps: Sequence[list[int]], step_loss: StepLoss, *, desc:
     from .checkpoint import interrupt_flag
 
     seed_everything(config.seed)
-    accelerator, history = _accelerator(config), []
+    accelerator, history = make_accelerator(config), []
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_left_as_it_was(model))
-        prepared, optimizer = accelerator.prepare(model, _adamw(model, config))
-        scheduler = get_scheduler("linear", optimizer, num_training_steps=len(steps),
-                                  num_warmup_steps=capped_warmup(config.warmup_steps, len(steps)))
+        stack.enter_context(left_as_it_was(model))
+        prepared, optimizer = accelerator.prepare(model, adamw(model, config))
+        scheduler = get_scheduler(
+            "linear",
+            optimizer,
+            num_training_steps=len(steps),
+            num_warmup_steps=capped_warmup(config.warmup_steps, len(steps)),
+        )
         interrupted = stack.enter_context(interrupt_flag())
         bar = stack.enter_context(tqdm(total=len(steps), desc=desc, disable=not progress))
         for number, items in enumerate(steps, 1):
@@ -167,16 +195,25 @@ def fit(model, config, steps: Sequence[list[int]], step_loss: StepLoss, *, desc:
             grad_norm = accelerator.clip_grad_norm_(prepared.parameters(), config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
-            record = {"step": number, "steps_total": len(steps), "loss": loss.item(), **metrics,
-                      "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-                      "seconds": time.perf_counter() - started}
+            record = {
+                "step": number,
+                "steps_total": len(steps),
+                "loss": loss.item(),
+                **metrics,
+                "grad_norm": float(grad_norm),
+                "lr": scheduler.get_last_lr()[0],
+                "seconds": time.perf_counter() - started,
+            }
             scheduler.step()
             bar.update(1)
             record.update((on_step(record) or {}) if on_step else {})
             history.append(record)
             if interrupted() and number < len(steps):
-                raise _stopped(f"interrupted after step {number} of {len(steps)}; the model keeps those updates "
-                               "(no checkpoint: run again to redo it)", history)
+                raise _stopped(
+                    f"interrupted after step {number} of {len(steps)}; the model keeps those updates "
+                    "(no checkpoint: run again to redo it)",
+                    history,
+                )
     return history
 
 
@@ -203,11 +240,14 @@ def reward_model_from(policy, tokenizer, *, seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     body = policy.base_model_prefix
-    missing, unexpected = model.load_state_dict({key: value for key, value in policy.state_dict().items()
-                                                 if key.startswith(body + ".")}, strict=False)
+    missing, unexpected = model.load_state_dict(
+        {key: value for key, value in policy.state_dict().items() if key.startswith(body + ".")}, strict=False
+    )
     if [key for key in missing if not key.startswith("score.")] or unexpected:
-        raise ValueError(f"{type(policy).__name__}'s body does not fit {type(model).__name__}: missing "
-                         f"{missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{type(policy).__name__}'s body does not fit {type(model).__name__}: missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model.to(next(policy.parameters()).device)
 
 
@@ -228,19 +268,24 @@ def load_reward_model(name_or_path=None, *, device=None, seed: int = 0):
     hf_logging.set_verbosity_error()  # no "LOAD REPORT: score.weight MISSING": a fresh head is the point here
     try:
         with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, dtype="float32",
-                                                                       pad_token_id=pad_token_id(tokenizer))
+            model = AutoModelForSequenceClassification.from_pretrained(
+                where, num_labels=1, dtype="float32", pad_token_id=pad_token_id(tokenizer)
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.to(device or get_device()), tokenizer
 
 
-def reward_row_ids(tokenizer, prompt, completion: str, *, max_length: int | None = None,
-                   use_chat_template: bool = False) -> list[int]:
+def reward_row_ids(
+    tokenizer, prompt, completion: str, *, max_length: int | None = None, use_chat_template: bool = False
+) -> list[int]:
     """The ids a reward model scores: the prompt as the model sees it, the completion, EOS, tokenised as one text
     (TRL RewardTrainer's standard rows); a row over `max_length` keeps its last tokens, where the score is read."""
-    text = prompt_text(tokenizer, prompt) if not isinstance(prompt, str) else format_prompt(
-        tokenizer, prompt, use_chat_template=use_chat_template)
+    text = (
+        prompt_text(tokenizer, prompt)
+        if not isinstance(prompt, str)
+        else format_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
+    )
     completion = completion.lstrip() if text[-1:].isspace() else completion  # as dpo_edu.data.tokenize_pair
     ids = tokenizer(text + completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return ids[-max_length:] if max_length else ids
@@ -252,7 +297,7 @@ def _padded(rows: list[list[int]], pad: int, device) -> dict[str, torch.Tensor]:
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for index, row in enumerate(rows):
-        input_ids[index, :len(row)], attention_mask[index, :len(row)] = torch.tensor(row), 1
+        input_ids[index, : len(row)], attention_mask[index, : len(row)] = torch.tensor(row), 1
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
@@ -262,7 +307,7 @@ def last_token_features(model, rows: list[list[int]], pad: int, *, batch_size: i
     transformers' ForSequenceClassification picks it) for each row: (N, H), no gradient."""
     body, device, out = getattr(model, model.base_model_prefix), next(model.parameters()).device, []
     for start in range(0, len(rows), batch_size):
-        batch = _padded(rows[start:start + batch_size], pad, device)
+        batch = _padded(rows[start : start + batch_size], pad, device)
         hidden = body(**batch, use_cache=False).last_hidden_state
         positions = torch.arange(hidden.shape[1], device=device)
         last = (positions * (batch["input_ids"] != pad)).argmax(-1)
@@ -273,26 +318,39 @@ def last_token_features(model, rows: list[list[int]], pad: int, *, batch_size: i
 def _rewards(model, rows: list[list[int]], pad: int) -> torch.Tensor:
     """The model's scalar of each row: (B,) float32, with the graph (the caller decides about gradients)."""
     if model.config.pad_token_id is None:
-        raise ValueError("the reward model's config has no pad_token_id, so its head cannot find each row's last "
-                         "token; build it with reward_model_from / load_reward_model, or set model.config.pad_token_id")
+        raise ValueError(
+            "the reward model's config has no pad_token_id, so its head cannot find each row's last "
+            "token; build it with reward_model_from / load_reward_model, or set model.config.pad_token_id"
+        )
     device = next(model.parameters()).device
     return model(**_padded(rows, pad, device), use_cache=False).logits.squeeze(-1).float()
 
 
 @torch.no_grad()
-def score(model, tokenizer, prompts: Sequence, completions: Sequence[str], *, batch_size: int = 32,
-          max_length: int | None = None, use_chat_template: bool = False, precision: str = "auto") -> torch.Tensor:
+def score(
+    model,
+    tokenizer,
+    prompts: Sequence,
+    completions: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    use_chat_template: bool = False,
+    precision: str = "auto",
+) -> torch.Tensor:
     """The reward model's r(x, y) of each (prompt, completion): (N,) float32 on CPU, in eval mode (the model's
     own mode after). Rows as in training (`reward_row_ids`); `precision` is the autocast setting."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
-    rows = [reward_row_ids(tokenizer, p, c, max_length=max_length, use_chat_template=use_chat_template)
-            for p, c in zip(prompts, completions)]
+    rows = [
+        reward_row_ids(tokenizer, p, c, max_length=max_length, use_chat_template=use_chat_template)
+        for p, c in zip(prompts, completions)
+    ]
     device, out = next(model.parameters()).device, torch.zeros(len(rows))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
     with eval_mode(model), autocast(device, precision):
         for start in range(0, len(rows), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             out[batch] = _rewards(model, [rows[i] for i in batch], pad_token_id(tokenizer)).cpu()
     return out
 
@@ -302,11 +360,20 @@ class RewardModelFunction:
     -> list[float] (a conversational completion is scored by its last message), so RLOO and best-of-N take it
     as they take `dpo_edu.rewards.sentiment`."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32, max_length: int | None = None,
-                 use_chat_template: bool = False, precision: str = "auto") -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        use_chat_template: bool = False,
+        precision: str = "auto",
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.options = dict(batch_size=batch_size, max_length=max_length, use_chat_template=use_chat_template,
-                            precision=precision)
+        self.options = dict(
+            batch_size=batch_size, max_length=max_length, use_chat_template=use_chat_template, precision=precision
+        )
         self.__name__ = "reward_model"  # how dpo_edu.rewards names it in messages
 
     def __call__(self, prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
@@ -317,9 +384,15 @@ class RewardModelFunction:
 # ------------------------------------------------------------ training
 
 
-def train_reward_model(model, tokenizer, pairs: list[dict], config: RewardConfig, *,
-                       on_step: Callable[[dict], dict | None] | None = None,
-                       progress: bool = False) -> list[dict[str, float]]:
+def train_reward_model(
+    model,
+    tokenizer,
+    pairs: list[dict],
+    config: RewardConfig,
+    *,
+    on_step: Callable[[dict], dict | None] | None = None,
+    progress: bool = False,
+) -> list[dict[str, float]]:
     """Train reward model `model` in place on `pairs` ({"prompt", "chosen", "rejected"}); the metrics per step.
 
     Per step: `config.batch_size` pairs (a seeded shuffle each epoch), chosen and rejected rows in one forward pass,
@@ -328,10 +401,25 @@ def train_reward_model(model, tokenizer, pairs: list[dict], config: RewardConfig
     """
     if not pairs:
         raise ValueError("train_reward_model got no pairs")
-    rows = [(reward_row_ids(tokenizer, pair["prompt"], pair["chosen"], max_length=config.max_length,
-                            use_chat_template=config.use_chat_template),
-             reward_row_ids(tokenizer, pair["prompt"], pair["rejected"], max_length=config.max_length,
-                            use_chat_template=config.use_chat_template)) for pair in pairs]
+    rows = [
+        (
+            reward_row_ids(
+                tokenizer,
+                pair["prompt"],
+                pair["chosen"],
+                max_length=config.max_length,
+                use_chat_template=config.use_chat_template,
+            ),
+            reward_row_ids(
+                tokenizer,
+                pair["prompt"],
+                pair["rejected"],
+                max_length=config.max_length,
+                use_chat_template=config.use_chat_template,
+            ),
+        )
+        for pair in pairs
+    ]
     pad = pad_token_id(tokenizer)
     if not config.train_body:
         model.requires_grad_(False)
@@ -347,16 +435,22 @@ def train_reward_model(model, tokenizer, pairs: list[dict], config: RewardConfig
         chosen, rejected = rewards.chunk(2)
         loss = bradley_terry_loss(chosen, rejected, config.center_rewards_coefficient)
         margins = (chosen - rejected).detach()
-        return loss, {"accuracy": (margins > 0).float().mean().item(), "margin": margins.mean().item(),
-                      "chosen": chosen.detach().mean().item(), "rejected": rejected.detach().mean().item()}
+        return loss, {
+            "accuracy": (margins > 0).float().mean().item(),
+            "margin": margins.mean().item(),
+            "chosen": chosen.detach().mean().item(),
+            "rejected": rejected.detach().mean().item(),
+        }
 
-    steps = epoch_batches(len(rows), config.batch_size, epochs=config.epochs, max_steps=config.max_steps,
-                          seed=config.seed)
+    steps = epoch_batches(
+        len(rows), config.batch_size, epochs=config.epochs, max_steps=config.max_steps, seed=config.seed
+    )
     return fit(model, config, steps, step_loss, desc="reward model", on_step=on_step, progress=progress)
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
-                       center_rewards_coefficient: float | None = None) -> torch.Tensor:
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, center_rewards_coefficient: float | None = None
+) -> torch.Tensor:
     """mean(-log sigmoid(r_w - r_l)) [+ c * mean((r_w + r_l) ** 2)]: chosen, rejected (B,) -> (), as TRL's
     RewardTrainer.compute_loss (notebook 01's `reward_model_loss`, plus its optional centring term)."""
     loss = reward_model_loss(chosen, rejected)
@@ -373,13 +467,18 @@ def pair_accuracy(chosen_rewards: Sequence[float], rejected_rewards: Sequence[fl
     margin mean(r_w - r_l) and its SE, n. Inputs (P,) each."""
     margins = [c - r for c, r in zip(chosen_rewards, rejected_rewards, strict=True)]
     margin, margin_se = mean_and_se(margins)
-    return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": margin, "margin_se": margin_se,
-            "n": len(margins)}
+    return {
+        "accuracy": sum(m > 0 for m in margins) / len(margins),
+        "margin": margin,
+        "margin_se": margin_se,
+        "n": len(margins),
+    }
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation of x and y (N,): Pearson's of their ranks, ties given their mean rank;
     nan when either is constant (scipy is not a dependency of the course)."""
+
     def ranks(values: Sequence[float]) -> torch.Tensor:
         values = torch.as_tensor(values, dtype=torch.float64)
         below = (values[None, :] < values[:, None]).sum(1)
@@ -399,37 +498,56 @@ def rank_agreement(rewards: Sequence[float], truth: Sequence[float], per_prompt:
     beta * log Z(x), a constant per prompt: only the within-prompt ranking is its to get right."""
     if len(rewards) != len(truth) or len(rewards) % per_prompt:
         raise ValueError(f"{len(rewards)} rewards and {len(truth)} true rewards, in groups of {per_prompt}")
-    within = [spearman(rewards[i:i + per_prompt], truth[i:i + per_prompt]) for i in range(0, len(truth), per_prompt)]
+    within = [
+        spearman(rewards[i : i + per_prompt], truth[i : i + per_prompt]) for i in range(0, len(truth), per_prompt)
+    ]
     within = [value for value in within if not math.isnan(value)]
-    return {"spearman": spearman(rewards, truth),
-            "spearman_within": sum(within) / len(within) if within else math.nan}
+    return {"spearman": spearman(rewards, truth), "spearman_within": sum(within) / len(within) if within else math.nan}
 
 
-def implicit_pair_rewards(policy, reference, tokenizer, pairs: list[dict], beta: float, *, max_length: int = 128,
-                          max_prompt_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def implicit_pair_rewards(
+    policy, reference, tokenizer, pairs: list[dict], beta: float, *, max_length: int = 128, max_prompt_length: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO's implicit reward beta * (log pi(y|x) - log pi_ref(y|x)) of each pair's chosen and rejected reply: (P,)
     each, tokenised as DPO trains (`dpo_edu.data.tokenize_pair`, plain text). Raises ValueError when a pair cannot be
     tokenised that way (make_pairs' pairs always can)."""
-    config = TrainConfig(beta=beta, max_length=max_length, max_prompt_length=max_prompt_length,
-                         use_chat_template=False, mixed_precision="no")
-    (policy_w, policy_l), (ref_w, ref_l) = (compute_reference_logps(model, tokenizer, pairs, config)
-                                            for model in (policy, reference))
+    config = TrainConfig(
+        beta=beta,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        use_chat_template=False,
+        mixed_precision="fp32",
+    )
+    (policy_w, policy_l), (ref_w, ref_l) = (
+        compute_pair_logps(model, tokenizer, pairs, config) for model in (policy, reference)
+    )
     if len(policy_w) != len(pairs):
         raise ValueError(f"{len(pairs) - len(policy_w)} of {len(pairs)} pairs cannot be tokenised as DPO trains")
     return beta * (policy_w - ref_w), beta * (policy_l - ref_l)
 
 
-def implicit_sample_rewards(policy, reference, tokenizer, samples: Samples, beta: float, *,
-                            batch_size: int = 32, precision: str = "auto") -> torch.Tensor:
+def implicit_sample_rewards(
+    policy, reference, tokenizer, samples: Samples, beta: float, *, batch_size: int = 32, precision: str = "auto"
+) -> torch.Tensor:
     """DPO's implicit reward beta * (log pi(y|x) - log pi_ref(y|x)) of every sample (its own token ids): (N,)."""
     pad = pad_token_id(tokenizer)
-    policy_logps, reference_logps = (completion_logps(model, samples, batch_size=batch_size, pad_token_id=pad,
-                                                      precision=precision) for model in (policy, reference))
+    policy_logps, reference_logps = (
+        completion_logps(model, samples, batch_size=batch_size, pad_token_id=pad, precision=precision)
+        for model in (policy, reference)
+    )
     return beta * (policy_logps - reference_logps)
 
 
-def compare_rewards(reward_model, policy, reference, tokenizer, heldout_pairs: list[dict], samples: Samples,
-                    true_rewards: Sequence[float], beta: float) -> dict[str, dict[str, float]]:
+def compare_rewards(
+    reward_model,
+    policy,
+    reference,
+    tokenizer,
+    heldout_pairs: list[dict],
+    samples: Samples,
+    true_rewards: Sequence[float],
+    beta: float,
+) -> dict[str, dict[str, float]]:
     """The learned reward model beside DPO's implicit reward: {"reward_model": ..., "implicit": ...}, each with
     held-out pair accuracy and margin (`pair_accuracy`) and rank agreement with the true reward on `samples`
     (`rank_agreement`: fresh samples, `samples.per_prompt` per prompt, `true_rewards` (N,) their true rewards)."""
@@ -437,10 +555,20 @@ def compare_rewards(reward_model, policy, reference, tokenizer, heldout_pairs: l
     learned_w = score(reward_model, tokenizer, prompts, [pair["chosen"] for pair in heldout_pairs])
     learned_l = score(reward_model, tokenizer, prompts, [pair["rejected"] for pair in heldout_pairs])
     implicit_w, implicit_l = implicit_pair_rewards(policy, reference, tokenizer, heldout_pairs, beta)
-    learned = score(reward_model, tokenizer, [samples.prompts[i // samples.per_prompt]
-                                              for i in range(len(samples.texts))], samples.texts)
+    learned = score(
+        reward_model,
+        tokenizer,
+        [samples.prompts[i // samples.per_prompt] for i in range(len(samples.texts))],
+        samples.texts,
+    )
     implicit = implicit_sample_rewards(policy, reference, tokenizer, samples, beta)
-    return {name: {**pair_accuracy(chosen.tolist(), rejected.tolist()),
-                   **rank_agreement(on_samples.tolist(), list(true_rewards), samples.per_prompt)}
-            for name, chosen, rejected, on_samples in (("reward_model", learned_w, learned_l, learned),
-                                           ("implicit", implicit_w, implicit_l, implicit))}
+    return {
+        name: {
+            **pair_accuracy(chosen.tolist(), rejected.tolist()),
+            **rank_agreement(on_samples.tolist(), list(true_rewards), samples.per_prompt),
+        }
+        for name, chosen, rejected, on_samples in (
+            ("reward_model", learned_w, learned_l, learned),
+            ("implicit", implicit_w, implicit_l, implicit),
+        )
+    }

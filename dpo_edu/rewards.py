@@ -7,6 +7,7 @@ PyPI package, needs no download and no GPU, and it is fixed: the policy can be
 measured against it but can never change it. It scores the completion only,
 not the prompt, so a policy earns reward only for what it writes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,6 +41,7 @@ def sentiment_rewards(texts: Iterable[str]) -> list[float]:
 
 # ------------------------------------------------------------ reward functions, in TRL's convention
 
+
 def sentiment(prompts: Sequence, completions: Sequence, **kwargs) -> list[float]:
     """The course's reward as a TRL reward function: VADER of each completion (the prompts are not scored).
 
@@ -60,8 +62,10 @@ class RewardError(ValueError):
 
 def _import_failure(spec: str, what: str, error: BaseException) -> ValueError:
     if isinstance(error, SystemExit):
-        return ValueError(f"--reward {spec!r}: importing {what} called sys.exit({error.code}); a reward file must only "
-                          f"define functions at import: put its script part under `if __name__ == \"__main__\":`")
+        return ValueError(
+            f"--reward {spec!r}: importing {what} called sys.exit({error.code}); a reward file must only "
+            f'define functions at import: put its script part under `if __name__ == "__main__":`'
+        )
     return ValueError(f"--reward {spec!r}: importing {what} failed{_where(error)}: {type(error).__name__}: {error}")
 
 
@@ -137,12 +141,14 @@ def checked_rewards(reward_fn: Callable[..., list[float]], prompts: Sequence, co
     try:
         values = [float(value) for value in values]
     except (TypeError, ValueError) as error:
-        raise RewardError(f"reward function {name} must return a list of numbers, got {type(values).__name__} "
-                          f"({error})") from None
+        raise RewardError(
+            f"reward function {name} must return a list of numbers, got {type(values).__name__} ({error})"
+        ) from None
     if len(values) != len(completions):
         raise RewardError(f"reward function {name} returned {len(values)} rewards for {len(completions)} completions")
     bad = [index for index, value in enumerate(values) if not math.isfinite(value)]
     if bad:
-        raise RewardError(f"reward function {name} returned a non-finite reward ({values[bad[0]]}) for completion "
-                          f"{bad[0]}")
+        raise RewardError(
+            f"reward function {name} returned a non-finite reward ({values[bad[0]]}) for completion {bad[0]}"
+        )
     return values

@@ -14,6 +14,7 @@ Each step, for P prompts:
 R_i and A_i are constants (detached): the gradient is REINFORCE's, E[A * grad log pi]. On-policy with one update per
 batch, TRL's clipped ratio objective has this same gradient (its ratio is 1 at the update).
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,7 @@ from .logprobs import sequence_logprobs
 from .lora import is_peft_model
 from .reward_model import TRAINING_RANGES, at_least, check_config, epoch_batches, fit
 from .stages import rewards_of
-from .train import MIXED_PRECISION, MIXED_PRECISION_OF, _adapters_disabled
+from .train import adapters_disabled
 from .utils import pad_token_id
 
 RewardFunction = Callable[..., list[float]]  # reward(prompts, completions, **kwargs) -> list[float], as in TRL
@@ -51,29 +52,28 @@ class RLOOConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     sample_batch_size: int = 64  # rows (prompts x samples) per decode batch of the sampler
-    mixed_precision: str = "auto"  # accelerate's names (train.TrainConfig's); the sampler follows it
+    mixed_precision: str = "auto"  # dpo_edu.precision's names; the sampler follows it
     seed: int = 0
 
     RANGES: ClassVar[dict] = {
-        **TRAINING_RANGES, "beta": at_least(0), "prompts_per_step": at_least(1), "steps": at_least(1),
-        "max_new_tokens": at_least(1), "sample_batch_size": at_least(1),
+        **TRAINING_RANGES,
+        "beta": at_least(0),
+        "prompts_per_step": at_least(1),
+        "steps": at_least(1),
+        "max_new_tokens": at_least(1),
+        "sample_batch_size": at_least(1),
         "k": (lambda k: k >= 2, ">= 2 (each sample's baseline is the mean reward of the prompt's other samples)"),
     }
-    CHOICES: ClassVar[dict] = {"mixed_precision": MIXED_PRECISION}
-    gradient_accumulation_steps: ClassVar[int] = 1  # what train._accelerator reads
+    gradient_accumulation_steps: ClassVar[int] = 1  # what train.make_accelerator reads
 
     def __post_init__(self) -> None:
         check_config(self)
-
-    @property
-    def sampling_precision(self) -> str:
-        """mixed_precision in the sampler's words (dpo_edu.utils.autocast): "no" -> "fp32"."""
-        return {name: course for course, name in MIXED_PRECISION_OF.items()}[self.mixed_precision]
 
 
 @dataclasses.dataclass
 class RLOOLoss:
     """One batch of P prompts x k samples through `rloo_loss`: `loss` () with gradient; the rest (P, k), detached."""
+
     loss: torch.Tensor
     kl: torch.Tensor  # log pi(y|x) - log pi_ref(y|x), summed over the completion's tokens
     rewards: torch.Tensor  # R = r - beta * kl
@@ -89,8 +89,9 @@ def leave_one_out_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
 
 
-def rloo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, rewards: torch.Tensor,
-              beta: float) -> RLOOLoss:
+def rloo_loss(
+    policy_logps: torch.Tensor, reference_logps: torch.Tensor, rewards: torch.Tensor, beta: float
+) -> RLOOLoss:
     """RLOO's loss on a batch: policy_logps (P, k) WITH gradient (log pi(y|x), summed over each completion),
     reference_logps (P, k), rewards (P, k) the reward function's r(x, y); beta >= 0.
 
@@ -115,17 +116,26 @@ def samples_logps(model, samples: Samples, pad: int) -> torch.Tensor:
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for index, (row, prompt) in enumerate(zip(rows, samples.prompt_ids)):
-        input_ids[index, :len(row)], attention_mask[index, :len(row)] = torch.tensor(row), 1
-        labels[index, len(prompt):len(row)] = torch.tensor(row[len(prompt):])
+        input_ids[index, : len(row)], attention_mask[index, : len(row)] = torch.tensor(row), 1
+        labels[index, len(prompt) : len(row)] = torch.tensor(row[len(prompt) :])
     keep = width - min(map(len, samples.prompt_ids)) + 1
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), logits_to_keep=keep,
-                   use_cache=False).logits
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), logits_to_keep=keep, use_cache=False
+    ).logits
     return sequence_logprobs(logits, labels[:, -keep:].to(device))
 
 
-def train_rloo(model, tokenizer, prompts: Sequence, reward_fn: RewardFunction, config: RLOOConfig, *,
-               reference=None, on_step: Callable[[dict], dict | None] | None = None,
-               progress: bool = False) -> list[dict[str, float]]:
+def train_rloo(
+    model,
+    tokenizer,
+    prompts: Sequence,
+    reward_fn: RewardFunction,
+    config: RLOOConfig,
+    *,
+    reference=None,
+    on_step: Callable[[dict], dict | None] | None = None,
+    progress: bool = False,
+) -> list[dict[str, float]]:
     """Train `model` in place with RLOO against `reward_fn` on `prompts`; return one record per step.
 
     `reference`: the frozen reference; None: the model as it is now (a peft model with its adapters disabled, any
@@ -144,28 +154,42 @@ def train_rloo(model, tokenizer, prompts: Sequence, reward_fn: RewardFunction, c
 
     def reference_logps(samples: Samples) -> torch.Tensor:
         scorer = reference if reference is not None else model
-        with (_adapters_disabled(model) if reference is None else torch.no_grad()):
-            return completion_logps(scorer, samples, batch_size=len(samples.texts), pad_token_id=pad,
-                                    precision=config.sampling_precision)
+        with adapters_disabled(model) if reference is None else torch.no_grad():
+            return completion_logps(
+                scorer, samples, batch_size=len(samples.texts), pad_token_id=pad, precision=config.mixed_precision
+            )
 
     def step_loss(prepared, items: list[int]):
         started = time.perf_counter()
-        samples = sample_completions(prepared, tokenizer, [texts[i] for i in items], per_prompt=config.k,
-                                     max_new_tokens=config.max_new_tokens, batch_size=config.sample_batch_size,
-                                     seed=config.seed * 1_000_003 + next(step_numbers),
-                                     precision=config.sampling_precision)
+        samples = sample_completions(
+            prepared,
+            tokenizer,
+            [texts[i] for i in items],
+            per_prompt=config.k,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.sample_batch_size,
+            seed=config.seed * 1_000_003 + next(step_numbers),
+            precision=config.mixed_precision,
+        )
         sampled = time.perf_counter() - started
         scores = rewards_of(reward_fn, [prompts[i] for i in items for _ in range(config.k)], samples.texts)
         shape = (len(items), config.k)
-        out = rloo_loss(samples_logps(prepared, samples, pad).float().view(shape),
-                        reference_logps(samples).view(shape).to(next(prepared.parameters()).device),
-                        torch.tensor(scores).view(shape).to(next(prepared.parameters()).device), config.beta)
-        return out.loss, {"reward": sum(scores) / len(scores), "kl": out.kl.mean().item(),
-                          "shaped_reward": out.rewards.mean().item(),
-                          "length": sum(map(len, samples.completion_ids)) / len(samples.completion_ids),
-                          "seconds_sampling": sampled}
+        out = rloo_loss(
+            samples_logps(prepared, samples, pad).float().view(shape),
+            reference_logps(samples).view(shape).to(next(prepared.parameters()).device),
+            torch.tensor(scores).view(shape).to(next(prepared.parameters()).device),
+            config.beta,
+        )
+        return out.loss, {
+            "reward": sum(scores) / len(scores),
+            "kl": out.kl.mean().item(),
+            "shaped_reward": out.rewards.mean().item(),
+            "length": sum(map(len, samples.completion_ids)) / len(samples.completion_ids),
+            "seconds_sampling": sampled,
+        }
 
     passes = -(-config.steps * config.prompts_per_step // len(prompts))
-    steps = epoch_batches(len(prompts), config.prompts_per_step, epochs=passes, max_steps=config.steps,
-                          seed=config.seed)
+    steps = epoch_batches(
+        len(prompts), config.prompts_per_step, epochs=passes, max_steps=config.steps, seed=config.seed
+    )
     return fit(model, config, steps, step_loss, desc="RLOO", on_step=on_step, progress=progress)

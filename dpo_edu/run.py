@@ -27,6 +27,7 @@ Writes the run directory:
 
 Notebook 06 walks the same steps cell by cell, calling the same functions.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,18 +41,34 @@ import torch
 
 from . import checkpoint, rewards
 from .config import Profile, get_profile
-from .data import NoRoomForResponse, TokenSeamError, as_standard, load_preferences, numbered_preferences, tokenize_pair
-from .evaluate import mean_and_se
-from .generation import write_jsonl
+from .data import (
+    NoRoomForResponse,
+    TokenSeamError,
+    as_standard,
+    load_preferences,
+    numbered_preferences,
+    tokenize_pair,
+    write_jsonl,
+)
 from .models import load_model, model_provenance
+from .precision import describe, resolve
 from .prompts import load_prompts, read_prompts
-from .report import (implicit_rewards, markdown_pairs_report, markdown_report, plot_evaluation, plot_pair_evaluation,
-                     plot_reward_histograms, plot_training, save_figures)
+from .report import implicit_rewards
 from .rundir import RunFolder, RunFolderError
-from .stages import (MIXED_PRECISION_OF, PairsEvaluator, RewardEvaluator, count_conversational, sample_pairs, save_policy,
-                     split_heldout, standard_pairs, train_config)
-from .train import train_dpo
-from .utils import device_name, get_device, precision_dtype, precision_name, seed_everything, sha256_file
+from .stages import (
+    PairsEvaluator,
+    RewardEvaluator,
+    count_conversational,
+    evaluation_summary,
+    sample_pairs,
+    save_policy,
+    split_heldout,
+    standard_pairs,
+    train_config,
+    train_stage,
+    write_report,
+)
+from .utils import device_name, get_device, seed_everything, sha256_file
 
 # what `loss=` (dpo-edu run --loss-type ... --max-length ...) may set over the profile's TrainConfig
 LOSS_SETTINGS = ("loss_type", "beta", "label_smoothing", "sft_weight", "simpo_gamma", "max_length", "max_prompt_length")
@@ -61,13 +78,16 @@ HELDOUT_FRACTION = 0.1
 def check_heldout_fraction(value: float | None) -> None:
     """--heldout-fraction is a share: at least 0 and below 1 (None: the default)."""
     if value is not None and not 0 <= value < 1:
-        raise ValueError(f"--heldout-fraction must be at least 0 and below 1 (the share of pairs or prompts held "
-                         f"out for evaluation), got {value}")
+        raise ValueError(
+            f"--heldout-fraction must be at least 0 and below 1 (the share of pairs or prompts held "
+            f"out for evaluation), got {value}"
+        )
 
 
 @dataclasses.dataclass
 class Task:
     """What a run trains on and how it is judged: the course's task, your prompts and reward, or your pairs."""
+
     kind: str  # "sentiment", "prompts" or "pairs"
     reward: Callable | None = None  # TRL-style reward function (None for "pairs")
     reward_name: str = "VADER"
@@ -78,39 +98,71 @@ class Task:
     lines: dict[int, int] | None = None  # id(row) -> its line in the pairs file, for messages
 
     @classmethod
-    def of(cls, profile: Profile, *, pairs=None, prompts=None, reward=None, heldout_fraction: float = HELDOUT_FRACTION,
-           read_pairs: bool = True, log=print) -> Task:
+    def of(
+        cls,
+        profile: Profile,
+        *,
+        pairs=None,
+        prompts=None,
+        reward=None,
+        heldout_fraction: float = HELDOUT_FRACTION,
+        read_pairs: bool = True,
+        log=print,
+    ) -> Task:
         """Read and check every input before any work: a bad file or reward fails here, in one line.
 
         `read_pairs=False`: a resumed run, whose pairs are already in its folder.
         """
         if pairs is not None and (prompts is not None or reward is not None):
-            raise ValueError("--pairs trains on your pairs; --prompts and --reward sample new ones: give one or the other")
+            raise ValueError(
+                "--pairs trains on your pairs; --prompts and --reward sample new ones: give one or the other"
+            )
         if pairs is not None:
             numbered = numbered_preferences(pairs, log=log) if read_pairs else []
-            return cls("pairs", pairs_file=Path(pairs), reward_name="", lines={id(row): line for line, row in numbered},
-                       rows=[row for _, row in numbered] if read_pairs else None)
+            return cls(
+                "pairs",
+                pairs_file=Path(pairs),
+                reward_name="",
+                lines={id(row): line for line, row in numbered},
+                rows=[row for _, row in numbered] if read_pairs else None,
+            )
         reward_fn = rewards.load_reward(reward) if reward is not None else rewards.sentiment
         name = reward if reward is not None else "VADER"
         if prompts is None:
-            return cls("sentiment" if reward is None else "prompts", reward_fn, name,
-                       load_prompts("train")[: profile.run_train_prompts], load_prompts("heldout")[: profile.run_heldout_prompts])
+            return cls(
+                "sentiment" if reward is None else "prompts",
+                reward_fn,
+                name,
+                load_prompts("train")[: profile.run_train_prompts],
+                load_prompts("heldout")[: profile.run_heldout_prompts],
+            )
         if not heldout_fraction:
             raise ValueError("--prompts is evaluated on held-out prompts: --heldout-fraction must be above 0")
-        train, heldout = split_heldout([{"prompt": p} for p in read_prompts(prompts)], heldout_fraction, profile.run_seed)
+        train, heldout = split_heldout(
+            [{"prompt": p} for p in read_prompts(prompts)], heldout_fraction, profile.run_seed
+        )
         if not heldout:
             raise ValueError(f"{prompts}: at least two different prompts are needed (one to train on, one held out)")
-        return cls("prompts", reward_fn, name, [row["prompt"] for row in train][: profile.run_train_prompts],
-                   [row["prompt"] for row in heldout][: profile.run_heldout_prompts])
+        return cls(
+            "prompts",
+            reward_fn,
+            name,
+            [row["prompt"] for row in train][: profile.run_train_prompts],
+            [row["prompt"] for row in heldout][: profile.run_heldout_prompts],
+        )
 
 
 # ------------------------------------------------------------ the inputs a run started with
 
+
 def input_fingerprints(pairs=None, prompts=None, reward: str | None = None) -> dict[str, dict]:
     """{"pairs" | "prompts" | "reward": {"file", "sha256"}} of each input file (a reward: its module's source file)."""
     files = {"pairs": pairs, "prompts": prompts, "reward": rewards.reward_source(reward) if reward else None}
-    return {name: {"file": str(path), "sha256": sha256_file(Path(path))} for name, path in files.items()
-            if path is not None and Path(path).is_file()}
+    return {
+        name: {"file": str(path), "sha256": sha256_file(Path(path))}
+        for name, path in files.items()
+        if path is not None and Path(path).is_file()
+    }
 
 
 def check_inputs(folder: RunFolder, current: dict[str, dict]) -> None:
@@ -125,14 +177,17 @@ def check_inputs(folder: RunFolder, current: dict[str, dict]) -> None:
     used = {"prompts": "its samples and held-out prompts", "reward": "the scores of its pairs" if scored else None}
     for name, then in recorded.items():
         if current.get(name) != then and used.get(name):
-            raise RunFolderError(f"{then['file']} has changed since {folder.path} was started ({used[name]} came "
-                                 f"from the earlier version, sha256 {then['sha256'][:12]}): put that version back, "
-                                 f"or start a new run with --overwrite")
+            raise RunFolderError(
+                f"{then['file']} has changed since {folder.path} was started ({used[name]} came "
+                f"from the earlier version, sha256 {then['sha256'][:12]}): put that version back, "
+                f"or start a new run with --overwrite"
+            )
     if current != recorded:
         folder.record(inputs=current)
 
 
 # ------------------------------------------------------------ what a --pairs run can train and evaluate on
+
 
 def usable_split(task: Task, tokenizer, config, profile: Profile, heldout_fraction: float) -> tuple[list, list]:
     """(training pairs, held-out pairs) of a --pairs file, in TRL's standard format.
@@ -142,9 +197,11 @@ def usable_split(task: Task, tokenizer, config, profile: Profile, heldout_fracti
     """
     train, heldout = split_heldout(task.rows, heldout_fraction, profile.run_seed)
     if heldout_fraction and not heldout:
-        raise ValueError(f"{task.pairs_file}: all {len(task.rows)} pairs share one prompt, so none can be held out "
-                         "for evaluation; add pairs with other prompts, or pass --heldout-fraction 0 to train without "
-                         "a held-out evaluation")
+        raise ValueError(
+            f"{task.pairs_file}: all {len(task.rows)} pairs share one prompt, so none can be held out "
+            "for evaluation; add pairs with other prompts, or pass --heldout-fraction 0 to train without "
+            "a held-out evaluation"
+        )
     for name, rows in (("training", train), ("held-out", heldout)):
         if rows:
             _some_usable(task, tokenizer, config, rows, name)
@@ -168,24 +225,33 @@ def _pair_problem(tokenizer, row: dict, config) -> str | None:
     """Why `data.tokenize_pair` refuses the pair (", field ...: what; the fix"), or None."""
     for field in ("chosen", "rejected"):
         try:
-            tokenize_pair(tokenizer, row["prompt"], row[field], max_length=config.max_length,
-                          max_prompt_length=config.max_prompt_length, use_chat_template=config.use_chat_template)
+            tokenize_pair(
+                tokenizer,
+                row["prompt"],
+                row[field],
+                max_length=config.max_length,
+                max_prompt_length=config.max_prompt_length,
+                use_chat_template=config.use_chat_template,
+            )
         except TokenSeamError:
-            fix = ("end the prompt without that space and start the reply with it" if row["prompt"][-1:] in " \t"
-                   else "end the prompt, or start the reply, differently")
-            return (f", field {field!r}: the prompt's last token merges with the reply's first at "
-                    f"{row['prompt'][-12:]!r} + {row[field][:12]!r}, so the prompt's tokens would change; {fix}")
+            fix = (
+                "end the prompt without that space and start the reply with it"
+                if row["prompt"][-1:] in " \t"
+                else "end the prompt, or start the reply, differently"
+            )
+            return (
+                f", field {field!r}: the prompt's last token merges with the reply's first at "
+                f"{row['prompt'][-12:]!r} + {row[field][:12]!r}, so the prompt's tokens would change; {fix}"
+            )
         except NoRoomForResponse:
-            return (f", field 'prompt': the prompt leaves no room for a reply in --max-length {config.max_length}; "
-                    "raise --max-length, or lower --max-prompt-length")
+            return (
+                f", field 'prompt': the prompt leaves no room for a reply in --max-length {config.max_length}; "
+                "raise --max-length, or lower --max-prompt-length"
+            )
     return None
 
 
-# ------------------------------------------------------------ stages 1-2
-
-def describe_precision(arithmetic: str) -> str:
-    """'bf16 autocast (float32 weights)' or 'float32', for logs and reports."""
-    return "float32" if arithmetic == "fp32" else f"{arithmetic} autocast (float32 weights)"
+# ------------------------------------------------------------ stage 1 in a run folder: the pairs, written first
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -197,23 +263,40 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def make_pairs_stage(task: Task, policy, tokenizer, profile: Profile, out: Path, split: tuple | None, precision: str,
-                     progress: bool) -> tuple[list[dict], dict]:
-    """Stage 1-2: the training pairs, written to out/pairs.jsonl (and out/heldout_pairs.jsonl for --pairs).
+def make_pairs_stage(
+    task: Task, policy, tokenizer, profile: Profile, out: Path, split: tuple | None, precision: str, progress: bool
+) -> tuple[list[dict], dict]:
+    """Stage 1: the training pairs, written to out/pairs.jsonl (and out/heldout_pairs.jsonl for --pairs).
 
     Sampled pairs: the samples are written to out/samples.json before the reward scores them, so a reward that
     fails loses no sampling (`--resume` scores them again).
     """
     if task.kind == "pairs":
         train, heldout = split
-        counts = {"source": str(task.pairs_file), "pairs": len(train), "heldout_pairs": len(heldout),
-                  "conversational": count_conversational(task.rows), "prompts": len({repr(row["prompt"]) for row in train})}
+        counts = {
+            "source": str(task.pairs_file),
+            "pairs": len(train),
+            "heldout_pairs": len(heldout),
+            "conversational": count_conversational(task.rows),
+            "prompts": len({repr(row["prompt"]) for row in train}),
+        }
         write_jsonl(heldout, out / "heldout_pairs.jsonl")
     else:
-        train, counts = sample_pairs(policy, tokenizer, task.train_prompts, task.reward, per_prompt=profile.run_samples_per_prompt,
-                                     max_new_tokens=profile.run_max_new_tokens, batch_size=profile.run_sample_batch_size,
-                                     seed=profile.run_seed, rule=profile.run_pairing, min_gap=profile.run_min_gap,
-                                     precision=precision, progress=progress, samples_path=out / "samples.json")
+        train, counts = sample_pairs(
+            policy,
+            tokenizer,
+            task.train_prompts,
+            task.reward,
+            per_prompt=profile.run_samples_per_prompt,
+            max_new_tokens=profile.run_max_new_tokens,
+            batch_size=profile.run_sample_batch_size,
+            seed=profile.run_seed,
+            rule=profile.run_pairing,
+            min_gap=profile.run_min_gap,
+            precision=precision,
+            progress=progress,
+            samples_path=out / "samples.json",
+        )
     (out / "pairs_counts.json").write_text(json.dumps(counts, indent=1) + "\n", encoding="utf-8")
     write_jsonl(train, out / "pairs.jsonl")  # the run's first result: --resume starts from here
     return train, counts
@@ -221,16 +304,33 @@ def make_pairs_stage(task: Task, policy, tokenizer, profile: Profile, out: Path,
 
 def describe_pairs(task: Task, counts: dict, profile: Profile, seconds: float) -> str:
     if task.kind == "pairs":
-        return (f"pairs: {counts['pairs']} for training, {counts['heldout_pairs']} held out (whole prompts), from {counts['source']} "
-                f"({counts['conversational']} conversational)")
-    return (f"pairs: {counts['pairs']} from {counts['prompts']} prompts x {profile.run_samples_per_prompt} samples scored by "
-            f"{task.reward_name} (dropped: {counts['small_gap']} with a score gap < {profile.run_min_gap}, "
-            f"{counts['unusable_text']} unusable samples) in {seconds:.0f} s")
+        return (
+            f"pairs: {counts['pairs']} for training, {counts['heldout_pairs']} held out (whole prompts), from {counts['source']} "
+            f"({counts['conversational']} conversational)"
+        )
+    return (
+        f"pairs: {counts['pairs']} from {counts['prompts']} prompts x {profile.run_samples_per_prompt} samples scored by "
+        f"{task.reward_name} (dropped: {counts['small_gap']} with a score gap < {profile.run_min_gap}, "
+        f"{counts['unusable_text']} unusable samples) in {seconds:.0f} s"
+    )
 
 
-def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, model=None, pairs=None, prompts=None,
-        reward: str | None = None, heldout_fraction: float | None = None, overwrite: bool = False, resume: bool = False,
-        progress: bool = True, precision: str | None = None, loss: dict | None = None, log=print) -> dict:
+def run(
+    profile: Profile | str | None = None,
+    out: str | Path = "runs/dpo",
+    *,
+    model=None,
+    pairs=None,
+    prompts=None,
+    reward: str | None = None,
+    heldout_fraction: float | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    precision: str | None = None,
+    loss: dict | None = None,
+    log=print,
+) -> dict:
     """Pairs, training, evaluation and report; returns the summary (also in out/summary.json).
 
     Inputs (see the module docstring): nothing (the course's task), `prompts`
@@ -256,24 +356,64 @@ def run(profile: Profile | str | None = None, out: str | Path = "runs/dpo", *, m
     with RunFolder.check(out, "run", overwrite=overwrite, resume=resume) as folder:
         if resume:
             profile, model, precision, loss, pairs, prompts, reward, heldout_fraction = folder.resume_options(
-                profile, model, precision=precision, loss=loss, pairs=pairs, prompts=prompts, reward=reward,
-                heldout_fraction=heldout_fraction)
-        options = dict(model=model, pairs=pairs, prompts=prompts, reward=reward, precision=precision or "auto",
-                       loss=loss, heldout_fraction=HELDOUT_FRACTION if heldout_fraction is None else heldout_fraction)
-        return _run(folder, profile if isinstance(profile, Profile) else get_profile(profile), resume=resume,
-                    progress=progress, log=log, **options)
+                profile,
+                model,
+                precision=precision,
+                loss=loss,
+                pairs=pairs,
+                prompts=prompts,
+                reward=reward,
+                heldout_fraction=heldout_fraction,
+            )
+        options = dict(
+            model=model,
+            pairs=pairs,
+            prompts=prompts,
+            reward=reward,
+            precision=precision or "auto",
+            loss=loss,
+            heldout_fraction=HELDOUT_FRACTION if heldout_fraction is None else heldout_fraction,
+        )
+        return _run(
+            folder,
+            profile if isinstance(profile, Profile) else get_profile(profile),
+            resume=resume,
+            progress=progress,
+            log=log,
+            **options,
+        )
 
 
-def _run(folder: RunFolder, profile: Profile, *, model, pairs, prompts, reward, heldout_fraction: float, precision: str,
-         loss: dict | None, resume: bool, progress: bool, log) -> dict:
+def _run(
+    folder: RunFolder,
+    profile: Profile,
+    *,
+    model,
+    pairs,
+    prompts,
+    reward,
+    heldout_fraction: float,
+    precision: str,
+    loss: dict | None,
+    resume: bool,
+    progress: bool,
+    log,
+) -> dict:
     unknown = set(loss or {}) - set(LOSS_SETTINGS)
     if unknown:
         raise ValueError(f"loss settings {sorted(unknown)} are not among {', '.join(LOSS_SETTINGS)}")
-    config = train_config(profile, mixed_precision=MIXED_PRECISION_OF[precision], **(loss or {}))  # bad settings fail here
+    config = train_config(profile, mixed_precision=precision, **(loss or {}))  # bad settings fail here
     out = folder.path
     reuse_pairs = resume and (out / "pairs.jsonl").is_file()
-    task = Task.of(profile, pairs=pairs, prompts=prompts, reward=reward, heldout_fraction=heldout_fraction,
-                   read_pairs=not reuse_pairs, log=log)
+    task = Task.of(
+        profile,
+        pairs=pairs,
+        prompts=prompts,
+        reward=reward,
+        heldout_fraction=heldout_fraction,
+        read_pairs=not reuse_pairs,
+        log=log,
+    )
     inputs = input_fingerprints(pairs, prompts, reward)
     if resume:
         check_inputs(folder, inputs)
@@ -283,24 +423,36 @@ def _run(folder: RunFolder, profile: Profile, *, model, pairs, prompts, reward, 
     started = time.perf_counter()
     seed_everything(profile.run_seed)
     device = get_device()
-    arithmetic = precision_name(precision_dtype(device, precision))
-    policy, tokenizer = load_model(model, device=device)  # a missing model fails here, before the run directory is touched
-    provenance = model_provenance(model)  # which weights: after loading, so a cache built just now is named with its hash
+    arithmetic = resolve(precision, device)
+    # a missing model fails here, before the run directory is touched
+    policy, tokenizer = load_model(model, device=device)
+    # which weights: after loading, so a cache built just now is named with its hash
+    provenance = model_provenance(model)
     split = usable_split(task, tokenizer, config, profile, heldout_fraction) if task.rows is not None else None
     if not resume:
-        folder.start(profile=profile.name, model=None if model is None else str(model), precision=precision,
-                     loss=loss or None, pairs=None if pairs is None else str(pairs),
-                     prompts=None if prompts is None else str(prompts), reward=reward,
-                     heldout_fraction=heldout_fraction if task.kind != "sentiment" else None, inputs=inputs)
-    log(f"model {provenance['weights']} on {device_name(device)}, {describe_precision(arithmetic)}; profile {profile.name}; "
-        f"{'resuming' if resume else 'writing'} {out}")
+        folder.start(
+            profile=profile.name,
+            model=None if model is None else str(model),
+            precision=precision,
+            loss=loss or None,
+            pairs=None if pairs is None else str(pairs),
+            prompts=None if prompts is None else str(prompts),
+            reward=reward,
+            heldout_fraction=heldout_fraction if task.kind != "sentiment" else None,
+            inputs=inputs,
+        )
+    log(
+        f"model {provenance['weights']} on {device_name(device)}, {describe(arithmetic)}; profile {profile.name}; "
+        f"{'resuming' if resume else 'writing'} {out}"
+    )
     try:
         if reuse_pairs:
             train_pairs = load_preferences(out / "pairs.jsonl", log=log)
             pair_counts = json.loads((out / "pairs_counts.json").read_text(encoding="utf-8"))
         else:
-            train_pairs, pair_counts = make_pairs_stage(task, policy, tokenizer, profile, out, split, precision,
-                                                        progress)
+            train_pairs, pair_counts = make_pairs_stage(
+                task, policy, tokenizer, profile, out, split, precision, progress
+            )
     except BaseException:
         if (out / "samples.json").is_file():
             folder.keep()  # the samples are a result: --resume scores them again
@@ -313,87 +465,66 @@ def _run(folder: RunFolder, profile: Profile, *, model, pairs, prompts, reward, 
     pairs_seconds = time.perf_counter() - started
     log(describe_pairs(task, pair_counts, profile, pairs_seconds))
 
-    sizes = dict(max_new_tokens=profile.run_max_new_tokens, batch_size=profile.run_sample_batch_size, seed=profile.run_seed,
-                 model_source=model, precision=precision)
+    sizes = dict(
+        max_new_tokens=profile.run_max_new_tokens,
+        batch_size=profile.run_sample_batch_size,
+        seed=profile.run_seed,
+        model_source=model,
+        precision=precision,
+    )
     if task.kind == "pairs":
-        heldout = load_preferences(out / "heldout_pairs.jsonl", log=None) if (out / "heldout_pairs.jsonl").stat().st_size else []
+        heldout = (
+            load_preferences(out / "heldout_pairs.jsonl", log=None)
+            if (out / "heldout_pairs.jsonl").stat().st_size
+            else []
+        )
         evaluator = PairsEvaluator(policy, tokenizer, heldout, config, **sizes) if heldout else None
     else:
         evaluator = RewardEvaluator(policy, tokenizer, task.heldout_prompts, task.reward, **sizes)
-    history, train_seconds, eval_seconds = train_stage(policy, tokenizer, train_pairs, config, evaluator, profile, out,
-                                                       resume=latest is not None, progress=progress, log=log)
+    history, train_seconds, eval_seconds = train_stage(
+        policy,
+        tokenizer,
+        train_pairs,
+        config,
+        evaluator,
+        profile,
+        out,
+        resume=latest is not None,
+        progress=progress,
+        log=log,
+    )
     shutil.rmtree(out / "policy", ignore_errors=True)  # one a resumed run saved before its report failed
     save_policy(policy, tokenizer, out / "policy")
     summary = {
-        "task": task.kind, "inputs": {"pairs": pairs and str(pairs), "prompts": prompts and str(prompts), "reward": task.reward_name},
-        "model": provenance, "device": device_name(device), "precision": arithmetic, "profile": profile.name,
-        "train_config": dataclasses.asdict(config), "pairs": pair_counts, "steps": len(history),
-        "step0_loss": history[0]["loss"], "step0_margin": history[0]["rewards/margins"], "implicit_rewards": implicit_rewards(history),
-        "resumed": resume, "peak_memory_mb": peak_memory_mb(device),
-        "seconds": {"pairs": pairs_seconds, "train": train_seconds, "evaluation": eval_seconds, "total": time.perf_counter() - started},
+        "task": task.kind,
+        "inputs": {"pairs": pairs and str(pairs), "prompts": prompts and str(prompts), "reward": task.reward_name},
+        "model": provenance,
+        "device": device_name(device),
+        "precision": arithmetic,
+        "profile": profile.name,
+        "train_config": dataclasses.asdict(config),
+        "pairs": pair_counts,
+        "steps": len(history),
+        "step0_loss": history[0]["loss"],
+        "step0_margin": history[0]["rewards/margins"],
+        "implicit_rewards": implicit_rewards(history),
+        "resumed": resume,
+        "peak_memory_mb": peak_memory_mb(device),
+        "seconds": {
+            "pairs": pairs_seconds,
+            "train": train_seconds,
+            "evaluation": eval_seconds,
+            "total": time.perf_counter() - started,
+        },
     }
-    report_stage(summary, history, evaluator, out)
+    summary.update(evaluation_summary(evaluator, history))
+    write_report(summary, history, evaluator, out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # policy/ and the report hold the result; optimizer: 2 GB
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")  # last: it is finished
-    result = evaluator.describe({f"eval/{key}": value for key, value in summary["final"].items()}) if evaluator else "no held-out pairs"
+    result = (
+        evaluator.describe({f"eval/{key}": value for key, value in summary["final"].items()})
+        if evaluator
+        else "no held-out pairs"
+    )
     log(f"done in {summary['seconds']['total']:.0f} s: {result}; see {out / 'report.md'}")
     return summary
-
-
-def train_stage(policy, tokenizer, pairs: list[dict], config, evaluator, profile: Profile, out: Path, *, resume: bool,
-                progress: bool, log) -> tuple[list[dict], float, float]:
-    """Stage 3: DPO on `pairs`, with `evaluator` (if any) at step 0, every `run_eval_every` steps and at the last step.
-
-    Returns (metrics per step, training seconds, of which evaluation seconds).
-    """
-    eval_seconds = 0.0
-
-    def evaluate(step: int, policy_is_reference: bool = False) -> dict:
-        nonlocal eval_seconds
-        clock = time.perf_counter()
-        result = evaluator(policy, step, policy_is_reference=policy_is_reference)
-        eval_seconds += time.perf_counter() - clock
-        log(f"eval at step {step}: {evaluator.describe(result)}")
-        return result
-
-    def on_step(record: dict) -> dict | None:
-        due = record["step"] % profile.run_eval_every == 0 or record["step"] == record["steps_total"]
-        return evaluate(record["step"]) if evaluator is not None and due else None
-
-    if evaluator is not None:
-        evaluate(0, policy_is_reference=True)
-    started = time.perf_counter()
-    history = train_dpo(policy, tokenizer, pairs, config, metrics_path=out / "metrics.jsonl", on_step=on_step, progress=progress,
-                        checkpoint_dir=out / "checkpoints", checkpoint_every=profile.run_checkpoint_every, resume=resume, log=log)
-    if evaluator is not None and evaluator.results[-1]["step"] != len(history):  # resumed after the last step: evaluate again
-        evaluate(len(history))
-    return history, time.perf_counter() - started, eval_seconds
-
-
-def report_stage(summary: dict, history: list[dict], evaluator, out: Path) -> None:
-    """Stage 5: plots and report.md, and the numbers into `summary` (the caller writes summary.json, last).
-
-    A resumed run's earlier evaluations come from metrics.jsonl."""
-    figures = {"training": plot_training(history)}
-    examples = []
-    if evaluator is not None:
-        keys = evaluator.keys
-        evaluations = evaluator.results[:1] + [
-            {"step": row["step"], **{key: row[f"eval/{key}"] for key in keys}} for row in history if "eval/kl" in row]
-        final = evaluator.results[-1]
-        summary.update(final={key: final[key] for key in keys},
-                       evaluations=[{"step": row["step"], **{key: row[key] for key in keys}} for row in evaluations])
-    if isinstance(evaluator, RewardEvaluator):
-        reference_mean, reference_se = mean_and_se(evaluator.reference_rewards)
-        summary.update(heldout_prompts=len(evaluator.prompts), reference={"reward_mean": reference_mean, "reward_se": reference_se})
-        figures["heldout"] = plot_evaluation(evaluations, summary["inputs"]["reward"])
-        figures["reward_histograms"] = plot_reward_histograms(evaluator.reference_rewards, final["rewards"], summary["inputs"]["reward"])
-        examples = [{"prompt": evaluator.texts[i], "before": evaluator.reference_texts[i], "before_reward": evaluator.reference_rewards[i],
-                     "after": final["samples"][i], "after_reward": final["rewards"][i]} for i in range(min(5, len(evaluator.texts)))]
-    elif evaluator is not None:
-        summary.update(heldout_pairs=len(evaluator.pairs), heldout_prompts=len(evaluator.prompts))
-        figures["heldout"] = plot_pair_evaluation(evaluations)
-        examples = [{"prompt": prompt, "after": final["samples"][i]} for i, prompt in enumerate(evaluator.prompts[:5])]
-    plot_paths = save_figures(figures, out / "plots")
-    report = markdown_report if isinstance(evaluator, RewardEvaluator) else markdown_pairs_report
-    (out / "report.md").write_text(report(summary, plot_paths, examples), encoding="utf-8")

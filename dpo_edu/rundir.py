@@ -22,6 +22,7 @@ Every check here runs before the model is loaded: a folder that cannot be
 written, that may not be replaced, or that another run is writing, fails in
 one line before minutes of work.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -43,14 +44,31 @@ MARKER = ".dpo-edu-run.json"
 LOCK = ".dpo-edu-run.lock"  # held (flock) by the process writing the folder; holds its pid and command line
 # what `dpo-edu run` and `dpo-edu frontier` write (fnmatch patterns); a folder holding anything else is not replaced
 RUN_OUTPUTS = (
-    MARKER, LOCK, "samples.json", "pairs.jsonl", "heldout_pairs.jsonl", "pairs_counts.json", "metrics.jsonl",
-    "checkpoints", "policy", "plots", "summary.json", "report.md",
-    "frontier.jsonl", "frontier.png", "frontier.md", "pairs_seed*.jsonl",
+    MARKER,
+    LOCK,
+    "samples.json",
+    "pairs.jsonl",
+    "heldout_pairs.jsonl",
+    "pairs_counts.json",
+    "metrics.jsonl",
+    "checkpoints",
+    "policy",
+    "plots",
+    "summary.json",
+    "report.md",
+    "frontier.jsonl",
+    "frontier.png",
+    "frontier.md",
+    "pairs_seed*.jsonl",
 )
 RUN_ENTRIES = (
     *RUN_OUTPUTS,
-    *(f".{name}.*" for name in RUN_OUTPUTS),  # one being written (`utils.staged`: .NAME.RANDOM.tmp, a folder .NAME.RANDOM)
-    "pairs.jsonl.tmp", "policy.tmp", "pairs_seed*.jsonl.tmp",  # the same, as dpo-edu wrote them before `staged`
+    *(
+        f".{name}.*" for name in RUN_OUTPUTS
+    ),  # one being written (`utils.staged`: .NAME.RANDOM.tmp, a folder .NAME.RANDOM)
+    "pairs.jsonl.tmp",
+    "policy.tmp",
+    "pairs_seed*.jsonl.tmp",  # the same, as dpo-edu wrote them before `staged`
 )
 
 
@@ -87,7 +105,9 @@ def _entries(folder: Path) -> list[Path]:
 
 def foreign_entries(folder: Path) -> list[str]:
     """The names in `folder` that no dpo-edu run writes (sorted)."""
-    return sorted(entry.name for entry in folder.iterdir() if not any(fnmatch.fnmatch(entry.name, p) for p in RUN_ENTRIES))
+    return sorted(
+        entry.name for entry in folder.iterdir() if not any(fnmatch.fnmatch(entry.name, p) for p in RUN_ENTRIES)
+    )
 
 
 def protected_reason(path: Path) -> str | None:
@@ -150,8 +170,10 @@ class RunFolder:
             folder._check_resumable()
         elif path.exists() and _entries(path):
             if not overwrite:
-                raise FileExistsError(f"{path} already exists and is not empty; choose another --out, "
-                                      f"or pass --overwrite to replace it (only a dpo-edu run folder is ever replaced)")
+                raise FileExistsError(
+                    f"{path} already exists and is not empty; choose another --out, "
+                    f"or pass --overwrite to replace it (only a dpo-edu run folder is ever replaced)"
+                )
             folder._check_replaceable()
         check_writable(path)
         if path.is_dir():
@@ -178,8 +200,10 @@ class RunFolder:
             except BlockingIOError:
                 holder = os.read(descriptor, 1000).decode("utf-8", "replace").strip() or "a run that is just starting"
                 os.close(descriptor)
-                raise RunFolderBusy(f"{self.path} is being written by another dpo-edu run ({holder}); wait for it to "
-                                    f"finish or stop it, or choose another --out") from None
+                raise RunFolderBusy(
+                    f"{self.path} is being written by another dpo-edu run ({holder}); wait for it to "
+                    f"finish or stop it, or choose another --out"
+                ) from None
             except OSError:  # a file system without flock (some network mounts): the folder goes unlocked
                 os.close(descriptor)
                 return
@@ -203,26 +227,36 @@ class RunFolder:
     def _check_replaceable(self) -> None:
         reason = protected_reason(self.path)
         if reason:
-            raise RunFolderError(f"--overwrite refuses {self.path}: {reason}; give --out a folder of its own, e.g. runs/dpo")
+            raise RunFolderError(
+                f"--overwrite refuses {self.path}: {reason}; give --out a folder of its own, e.g. runs/dpo"
+            )
         foreign = foreign_entries(self.path)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise RunFolderError(f"--overwrite refuses {self.path}: it holds {shown}, which no dpo-edu run writes; "
-                                 f"move those out, or choose another --out")
+            raise RunFolderError(
+                f"--overwrite refuses {self.path}: it holds {shown}, which no dpo-edu run writes; "
+                f"move those out, or choose another --out"
+            )
 
     def _check_resumable(self) -> None:
         path = self.path
         if not path.is_dir():
-            raise RunFolderError(f"{path} does not exist: there is nothing to resume; "
-                                 f"start a new run with --out {path} (without --resume)")
+            raise RunFolderError(
+                f"{path} does not exist: there is nothing to resume; "
+                f"start a new run with --out {path} (without --resume)"
+            )
         if not (path / MARKER).is_file():
-            raise RunFolderError(f"{path} is not a dpo-edu run folder (no {MARKER}, which every run writes first), "
-                                 f"so there is nothing to resume and nothing in it is touched; start a new run with "
-                                 f"another --out")
+            raise RunFolderError(
+                f"{path} is not a dpo-edu run folder (no {MARKER}, which every run writes first), "
+                f"so there is nothing to resume and nothing in it is touched; start a new run with "
+                f"another --out"
+            )
         recorded = self.options()
         if recorded.get("kind") != self.kind:
-            raise RunFolderError(f"{path} was made by dpo-edu {recorded.get('kind')}, not dpo-edu {self.kind}; "
-                                 "resume it with that command")
+            raise RunFolderError(
+                f"{path} was made by dpo-edu {recorded.get('kind')}, not dpo-edu {self.kind}; "
+                "resume it with that command"
+            )
         self._check_unfinished()
 
     def _check_unfinished(self) -> None:
@@ -237,11 +271,13 @@ class RunFolder:
         try:
             recorded = json.loads(marker.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise RunFolderError(f"{marker}: not valid JSON ({error}); it records the run's options, "
-                                 "so the run cannot be resumed") from None
+            raise RunFolderError(
+                f"{marker}: not valid JSON ({error}); it records the run's options, so the run cannot be resumed"
+            ) from None
         if not isinstance(recorded, dict):
-            raise RunFolderError(f"{marker}: not a JSON object; it records the run's options, so the run cannot be "
-                                 "resumed")
+            raise RunFolderError(
+                f"{marker}: not a JSON object; it records the run's options, so the run cannot be resumed"
+            )
         return recorded
 
     def resume_options(self, profile, model, **flags) -> tuple:
@@ -255,19 +291,28 @@ class RunFolder:
         recorded = self.options()
         asked = getattr(profile, "name", profile)
         if asked is not None and asked != recorded["profile"]:
-            raise RunFolderError(f"{self.path} is a {recorded['profile']}-profile {self.kind}; resume it without --profile")
+            raise RunFolderError(
+                f"{self.path} is a {recorded['profile']}-profile {self.kind}; resume it without --profile"
+            )
         if model is not None and str(model) != recorded.get("model"):
-            raise RunFolderError(f"{self.path} was started with --model {recorded.get('model') or '(the default)'}; "
-                                 "resume it without --model")
+            raise RunFolderError(
+                f"{self.path} was started with --model {recorded.get('model') or '(the default)'}; "
+                "resume it without --model"
+            )
         for name, value in flags.items():
             # `loss` holds several settings, each its own flag
             given, started = ((value or {}), recorded.get(name) or {}) if name == "loss" else ({name: value}, recorded)
             for setting, setting_value in given.items():
                 if _given(setting_value) and setting_value != started.get(setting):
-                    raise RunFolderError(f"{self.path} was started {_started_with(setting, started.get(setting))}; "
-                                         f"resume it without {flag(setting)}")
-        return (profile if asked is not None else recorded["profile"], recorded.get("model"),
-                *(recorded.get(name, value) for name, value in flags.items()))
+                    raise RunFolderError(
+                        f"{self.path} was started {_started_with(setting, started.get(setting))}; "
+                        f"resume it without {flag(setting)}"
+                    )
+        return (
+            profile if asked is not None else recorded["profile"],
+            recorded.get("model"),
+            *(recorded.get(name, value) for name, value in flags.items()),
+        )
 
     def record(self, **fields) -> None:
         """Update fields of the marker (e.g. a resumed run's inputs)."""
@@ -349,11 +394,15 @@ def stopped_message(out: str | Path, command: str) -> str:
     out = Path(out)
     pointer = out / "checkpoints" / "latest"
     if pointer.is_file():
-        return (f"stopped; the checkpoint {pointer.read_text(encoding='utf-8').strip()} is in {out / 'checkpoints'}: "
-                f"continue with `dpo-edu {command} --out {out} --resume`")
+        return (
+            f"stopped; the checkpoint {pointer.read_text(encoding='utf-8').strip()} is in {out / 'checkpoints'}: "
+            f"continue with `dpo-edu {command} --out {out} --resume`"
+        )
     if any((out / name).is_file() for name in ("samples.json", "pairs.jsonl")) or any(out.glob("pairs_seed*.jsonl")):
-        return (f"stopped; what was finished is in {out}: `dpo-edu {command} --out {out} --resume` "
-                f"continues from it without redoing it")
+        return (
+            f"stopped; what was finished is in {out}: `dpo-edu {command} --out {out} --resume` "
+            f"continues from it without redoing it"
+        )
     if out.exists():
         return f"stopped before any result was written; {out} holds nothing to resume"
     return "stopped before any result was written; nothing was kept, so start again with the same command"

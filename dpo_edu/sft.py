@@ -5,6 +5,7 @@ batch's response tokens and divided by their number (a token mean, as TRL's SFTT
 `sft_weight` in dpo_edu.losses). Rows are tokenised exactly as DPO's chosen rows (`dpo_edu.data.tokenize_pair`), and
 the log-probs are the course's (`dpo_edu.logprobs.sequence_logprobs`). The loop is `dpo_edu.reward_model.fit`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,6 @@ import torch
 from .data import IGNORE_INDEX, tokenize_pair
 from .logprobs import sequence_logprobs
 from .reward_model import TRAINING_RANGES, check_config, epoch_batches, fit
-from .train import MIXED_PRECISION
 from .utils import pad_token_id
 
 
@@ -33,30 +33,39 @@ class SFTConfig:
     max_length: int = 128
     max_prompt_length: int = 64
     use_chat_template: bool = False  # the course's prompts are text to continue (dpo_edu.stages.train_config)
-    mixed_precision: str = "auto"  # accelerate's names (train.TrainConfig's)
+    mixed_precision: str = "auto"  # dpo_edu.precision's names
     seed: int = 0
 
     RANGES: ClassVar[dict] = TRAINING_RANGES
-    CHOICES: ClassVar[dict] = {"mixed_precision": MIXED_PRECISION}
-    gradient_accumulation_steps: ClassVar[int] = 1  # what train._accelerator reads
+    gradient_accumulation_steps: ClassVar[int] = 1  # what train.make_accelerator reads
 
     def __post_init__(self) -> None:
         check_config(self)
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"invalid SFTConfig: max_prompt_length must be below max_length, got "
-                             f"{self.max_prompt_length} with max_length {self.max_length}")
+            raise ValueError(
+                f"invalid SFTConfig: max_prompt_length must be below max_length, got "
+                f"{self.max_prompt_length} with max_length {self.max_length}"
+            )
 
 
-def sft_rows(tokenizer, examples: list[dict[str, Any]], config: SFTConfig, *,
-             log: Callable[[str], None] | None = print) -> list[dict]:
+def sft_rows(
+    tokenizer, examples: list[dict[str, Any]], config: SFTConfig, *, log: Callable[[str], None] | None = print
+) -> list[dict]:
     """Each example's (prompt, chosen) tokenised as DPO's chosen row: {"input_ids", "labels", ...}; rows that
     cannot be (the prompt's tokens change at the seam, no room for a response) are skipped and counted in one line."""
     rows, skipped = [], 0
     for example in examples:
         try:
-            rows.append(tokenize_pair(tokenizer, example["prompt"], example["chosen"], max_length=config.max_length,
-                                      max_prompt_length=config.max_prompt_length,
-                                      use_chat_template=config.use_chat_template))
+            rows.append(
+                tokenize_pair(
+                    tokenizer,
+                    example["prompt"],
+                    example["chosen"],
+                    max_length=config.max_length,
+                    max_prompt_length=config.max_prompt_length,
+                    use_chat_template=config.use_chat_template,
+                )
+            )
         except ValueError:  # TokenSeamError, NoRoomForResponse
             skipped += 1
     if skipped and log is not None:
@@ -81,9 +90,16 @@ def response_nll(model, rows: list[dict], pad: int) -> tuple[torch.Tensor, int]:
     return -sequence_logprobs(logits, labels.to(device)).sum() / tokens, tokens
 
 
-def train_sft(model, tokenizer, examples: list[dict[str, Any]], config: SFTConfig, *,
-              on_step: Callable[[dict], dict | None] | None = None, progress: bool = False,
-              log: Callable[[str], None] | None = print) -> list[dict[str, float]]:
+def train_sft(
+    model,
+    tokenizer,
+    examples: list[dict[str, Any]],
+    config: SFTConfig,
+    *,
+    on_step: Callable[[dict], dict | None] | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> list[dict[str, float]]:
     """Fine-tune `model` in place on each example's chosen completion ({"prompt", "chosen", ...}: DPO's pairs will
     do); return one record per step (`fit`): loss (NLL per response token), tokens, grad_norm, lr, seconds, and
     what `on_step(record)` returns."""
@@ -95,6 +111,7 @@ def train_sft(model, tokenizer, examples: list[dict[str, Any]], config: SFTConfi
         loss, tokens = response_nll(prepared, [rows[i] for i in items], pad)
         return loss, {"tokens": float(tokens)}
 
-    steps = epoch_batches(len(rows), config.batch_size, epochs=config.epochs, max_steps=config.max_steps,
-                          seed=config.seed)
+    steps = epoch_batches(
+        len(rows), config.batch_size, epochs=config.epochs, max_steps=config.max_steps, seed=config.seed
+    )
     return fit(model, config, steps, step_loss, desc="Preferred-FT", on_step=on_step, progress=progress)

@@ -1,4 +1,6 @@
-"""The stages of a DPO run, each a function of its inputs: sample -> pairs -> train -> evaluate -> report.
+"""The stages of a DPO run, each a function of its inputs that returns what it made:
+1 pairs (sample, score, pair; or a user's file, split) -> 2 the evaluators -> 3 train, evaluating as it goes ->
+4 keep the policy -> 5 the numbers and the report.
 
 `dpo-edu run` (`dpo_edu.run`) strings them together for three kinds of input:
 
@@ -14,11 +16,13 @@
 
 `dpo-edu frontier` (`dpo_edu.frontier`) calls the same stages for each seed and beta.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,9 +31,18 @@ from .data import as_standard, is_conversational, prompt_text
 from .evaluate import evaluate_policy, format_kl, log_ratios, mean_and_se
 from .generation import Samples, make_pairs, sample_completions
 from .models import load_model
-from .report import with_se
+from .report import (
+    markdown_pairs_report,
+    markdown_report,
+    plot_evaluation,
+    plot_pair_evaluation,
+    plot_reward_histograms,
+    plot_training,
+    save_figures,
+    with_se,
+)
 from .rewards import RewardError, checked_rewards, describe_function
-from .train import MIXED_PRECISION_OF, TrainConfig, compute_reference_logps, usable_examples
+from .train import TrainConfig, compute_pair_logps, train_dpo, usable_examples
 from .utils import quiet_transformers, staged
 
 RewardFunction = Callable[..., list[float]]  # reward(prompts, completions, **kwargs) -> list[float], as in TRL
@@ -40,14 +53,21 @@ PAIR_EVAL_KEYS = ("accuracy", "margin", "margin_se", "chosen_reward", "rejected_
 def train_config(profile: Profile, **overrides) -> TrainConfig:
     """The trainer's settings for the full run at `profile`'s sizes (plain-text prompts: the text is given as the model sees it)."""
     settings = dict(
-        beta=profile.run_beta, learning_rate=profile.run_learning_rate, batch_size=profile.run_batch_size,
-        epochs=profile.run_epochs, warmup_steps=profile.run_warmup_steps, max_length=profile.run_max_length,
-        max_prompt_length=profile.run_max_prompt_length, use_chat_template=False, seed=profile.run_seed,
+        beta=profile.run_beta,
+        learning_rate=profile.run_learning_rate,
+        batch_size=profile.run_batch_size,
+        epochs=profile.run_epochs,
+        warmup_steps=profile.run_warmup_steps,
+        max_length=profile.run_max_length,
+        max_prompt_length=profile.run_max_prompt_length,
+        use_chat_template=False,
+        seed=profile.run_seed,
     )
     return TrainConfig(**{**settings, **overrides})
 
 
 # ------------------------------------------------------------ rewards
+
 
 def rewards_of(reward_fn: RewardFunction, prompts: Sequence, texts: Sequence[str]) -> list[float]:
     """reward_fn's score of each completion text for the prompt at the same index.
@@ -55,8 +75,10 @@ def rewards_of(reward_fn: RewardFunction, prompts: Sequence, texts: Sequence[str
     TRL's convention: a conversational prompt (a list of messages) gets its
     completion as [{"role": "assistant", "content": text}], a plain prompt as the text.
     """
-    completions = [[{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
-                   for prompt, text in zip(prompts, texts)]
+    completions = [
+        [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+        for prompt, text in zip(prompts, texts)
+    ]
     return checked_rewards(reward_fn, prompts, completions)
 
 
@@ -65,11 +87,25 @@ def scorer(reward_fn: RewardFunction, prompts: Sequence) -> Callable[[list[str]]
     return lambda texts: rewards_of(reward_fn, prompts, texts)
 
 
-# ------------------------------------------------------------ stage 1-2: sample from the reference, score, pair
+# ------------------------------------------------------------ stage 1: sample from the reference, score, pair
 
-def sample_pairs(model, tokenizer, prompts: Sequence, reward_fn: RewardFunction, *, per_prompt: int, max_new_tokens: int,
-                 batch_size: int, seed: int, rule: str, min_gap: float, precision: str = "auto",
-                 progress: bool = False, samples_path: str | Path | None = None) -> tuple[list[dict], dict]:
+
+def sample_pairs(
+    model,
+    tokenizer,
+    prompts: Sequence,
+    reward_fn: RewardFunction,
+    *,
+    per_prompt: int,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    rule: str,
+    min_gap: float,
+    precision: str = "auto",
+    progress: bool = False,
+    samples_path: str | Path | None = None,
+) -> tuple[list[dict], dict]:
     """Sample `per_prompt` completions of each prompt from `model`, score them with `reward_fn`, pair them (`make_pairs`).
 
     Prompts are strings (continued as they are) or conversations (continued
@@ -82,8 +118,17 @@ def sample_pairs(model, tokenizer, prompts: Sequence, reward_fn: RewardFunction,
     texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
     samples = read_samples(samples_path, texts) if samples_path is not None and Path(samples_path).is_file() else None
     if samples is None:
-        samples = sample_completions(model, tokenizer, texts, per_prompt=per_prompt, max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size, seed=seed, progress=progress, precision=precision)
+        samples = sample_completions(
+            model,
+            tokenizer,
+            texts,
+            per_prompt=per_prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+            precision=precision,
+        )
         if samples_path is not None:
             write_samples(samples, samples_path)
     scores = rewards_of(reward_fn, [prompt for prompt in prompts for _ in range(per_prompt)], samples.texts)
@@ -91,8 +136,12 @@ def sample_pairs(model, tokenizer, prompts: Sequence, reward_fn: RewardFunction,
     if not pairs:
         raise RewardError(_why_no_pairs(reward_fn, scores, counts, per_prompt, min_gap))
     mean, se = mean_and_se(scores)
-    counts.update(samples=len(scores), sample_reward_mean=mean, sample_reward_se=se,
-                  sample_reward_zero_fraction=sum(s == 0 for s in scores) / len(scores))
+    counts.update(
+        samples=len(scores),
+        sample_reward_mean=mean,
+        sample_reward_se=se,
+        sample_reward_zero_fraction=sum(s == 0 for s in scores) / len(scores),
+    )
     return pairs, counts
 
 
@@ -100,16 +149,22 @@ def _why_no_pairs(reward_fn: RewardFunction, scores: list[float], counts: dict, 
     """Why `make_pairs` made no pair: every score tied, every gap too small, or no usable sample."""
     name = f"reward function {describe_function(reward_fn)}"
     if len(set(scores)) == 1:
-        return (f"{name} gave all {len(scores)} samples the same score ({scores[0]:g}), so no sample is better than "
-                f"another and there is nothing to train on; give the reward some spread (better completions must "
-                f"score higher)")
+        return (
+            f"{name} gave all {len(scores)} samples the same score ({scores[0]:g}), so no sample is better than "
+            f"another and there is nothing to train on; give the reward some spread (better completions must "
+            f"score higher)"
+        )
     if counts["small_gap"]:
-        groups = [scores[i:i + per_prompt] for i in range(0, len(scores), per_prompt)]
+        groups = [scores[i : i + per_prompt] for i in range(0, len(scores), per_prompt)]
         gap = max(max(group) - min(group) for group in groups)
-        return (f"{name}: no two samples of a prompt differ by at least {min_gap:g} (the profile's run_min_gap; the "
-                f"largest gap is {gap:.3g}), so no pair was made; make the reward's differences larger")
-    return (f"none of the {len(scores)} samples could be paired ({counts['unusable_text']} were empty or did not "
-            f"re-tokenise after their prompt); raise the profile's run_samples_per_prompt or use other prompts")
+        return (
+            f"{name}: no two samples of a prompt differ by at least {min_gap:g} (the profile's run_min_gap; the "
+            f"largest gap is {gap:.3g}), so no pair was made; make the reward's differences larger"
+        )
+    return (
+        f"none of the {len(scores)} samples could be paired ({counts['unusable_text']} were empty or did not "
+        f"re-tokenise after their prompt); raise the profile's run_samples_per_prompt or use other prompts"
+    )
 
 
 def write_samples(samples: Samples, path: str | Path) -> None:
@@ -126,7 +181,8 @@ def read_samples(path: str | Path, prompts: Sequence[str]) -> Samples:
     return samples
 
 
-# ------------------------------------------------------------ stage 2 for --pairs: a user's file, split
+# ------------------------------------------------------------ stage 1 for --pairs: a user's file, split
+
 
 def split_heldout(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(training rows, held-out rows): whole prompts are held out, about `fraction` of the rows, chosen at random by `seed`.
@@ -153,7 +209,8 @@ def standard_pairs(tokenizer, rows: list[dict]) -> list[dict]:
     return [as_standard(tokenizer, row) for row in rows]
 
 
-# ------------------------------------------------------------ stage 4: evaluate on held-out prompts
+# ------------------------------------------------------------ stage 2: the evaluators, called during training
+
 
 class RewardEvaluator:
     """The policy on held-out prompts, scored by `reward_fn`, against the reference's samples drawn once at construction.
@@ -166,11 +223,29 @@ class RewardEvaluator:
     step 0 (`policy_is_reference=True`) it costs nothing: the reference's samples
     are the policy's.
     """
+
     keys = REWARD_EVAL_KEYS
 
-    def __init__(self, model, tokenizer, prompts: Sequence, reward_fn: RewardFunction, *, max_new_tokens: int,
-                 batch_size: int, seed: int, model_source=None, precision: str = "auto", reference=None) -> None:
-        self.tokenizer, self.model_source, self.precision, self.reference = tokenizer, model_source, precision, reference
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompts: Sequence,
+        reward_fn: RewardFunction,
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        seed: int,
+        model_source=None,
+        precision: str = "auto",
+        reference=None,
+    ) -> None:
+        self.tokenizer, self.model_source, self.precision, self.reference = (
+            tokenizer,
+            model_source,
+            precision,
+            reference,
+        )
         self.prompts, self.texts = list(prompts), [prompt_text(tokenizer, prompt) for prompt in prompts]
         self.score = scorer(reward_fn, self.prompts)
         self.sizes = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -186,8 +261,17 @@ class RewardEvaluator:
             result = self._reference_result()
         else:
             reference = self.reference or _reload(self.model_source, policy)
-            result = evaluate_policy(policy, reference, self.tokenizer, self.texts, self.reference_rewards,
-                                     score=self.score, seed=self.seed + 2, precision=self.precision, **self.sizes)
+            result = evaluate_policy(
+                policy,
+                reference,
+                self.tokenizer,
+                self.texts,
+                self.reference_rewards,
+                score=self.score,
+                seed=self.seed + 2,
+                precision=self.precision,
+                **self.sizes,
+            )
         self.results.append({"step": step, **result})
         return {f"eval/{key}": result[key] for key in self.keys}
 
@@ -195,14 +279,25 @@ class RewardEvaluator:
         """`evaluate_policy`'s result for the reference itself, from its samples: no gain, a win rate of one half
         (every comparison with itself a tie) and a KL of 0, exactly; nothing is sampled again."""
         reward_mean, reward_se = mean_and_se(self.reference_rewards)
-        return {"reward_mean": reward_mean, "reward_se": reward_se, "reward_gain": 0.0, "reward_gain_se": 0.0,
-                "win_rate": 0.5, "kl": 0.0, "kl_se": 0.0, "samples": self.reference_texts,
-                "rewards": self.reference_rewards, "lengths": self.reference_lengths}
+        return {
+            "reward_mean": reward_mean,
+            "reward_se": reward_se,
+            "reward_gain": 0.0,
+            "reward_gain_se": 0.0,
+            "win_rate": 0.5,
+            "kl": 0.0,
+            "kl_se": 0.0,
+            "samples": self.reference_texts,
+            "rewards": self.reference_rewards,
+            "lengths": self.reference_lengths,
+        }
 
     @staticmethod
     def describe(row: dict) -> str:
-        return (f"reward {with_se(row['eval/reward_mean'], row['eval/reward_se'], 'prompt')}, "
-                f"win rate {row['eval/win_rate']:.3f}, {format_kl(row['eval/kl'], row['eval/kl_se'])}")
+        return (
+            f"reward {with_se(row['eval/reward_mean'], row['eval/reward_se'], 'prompt')}, "
+            f"win rate {row['eval/win_rate']:.3f}, {format_kl(row['eval/kl'], row['eval/kl_se'])}"
+        )
 
 
 class PairsEvaluator:
@@ -213,13 +308,25 @@ class PairsEvaluator:
     one policy sample each (`dpo_edu.evaluate.log_ratios`). At step 0 the policy is the reference: every
     reward is 0, so the accuracy (chosen reward > rejected reward, as TRL counts it) is 0 and the margin 0.
     """
+
     keys = PAIR_EVAL_KEYS
 
-    def __init__(self, reference, tokenizer, pairs: list[dict], config: TrainConfig, *, max_new_tokens: int,
-                 batch_size: int, seed: int, model_source=None, precision: str = "auto") -> None:
+    def __init__(
+        self,
+        reference,
+        tokenizer,
+        pairs: list[dict],
+        config: TrainConfig,
+        *,
+        max_new_tokens: int,
+        batch_size: int,
+        seed: int,
+        model_source=None,
+        precision: str = "auto",
+    ) -> None:
         self.tokenizer, self.config, self.model_source, self.precision = tokenizer, config, model_source, precision
         self.pairs, _ = usable_examples(tokenizer, pairs, config, log=None)
-        self.reference_logps = compute_reference_logps(reference, tokenizer, self.pairs, config)
+        self.reference_logps = compute_pair_logps(reference, tokenizer, self.pairs, config)
         self.prompts = list(dict.fromkeys(pair["prompt"] for pair in self.pairs))
         self.sizes = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
         self.seed = seed
@@ -229,32 +336,45 @@ class PairsEvaluator:
         if policy_is_reference:  # every implicit reward is 0 and so is the KL: nothing to compute
             policy_logps, kl, kl_se, texts = self.reference_logps, 0.0, 0.0, []
         else:
-            policy_logps = compute_reference_logps(policy, self.tokenizer, self.pairs, self.config)
+            policy_logps = compute_pair_logps(policy, self.tokenizer, self.pairs, self.config)
             kl, kl_se, texts = self._kl(policy)
         beta = self.config.beta
         chosen = [beta * (p - r) for p, r in zip(policy_logps[0].tolist(), self.reference_logps[0].tolist())]
         rejected = [beta * (p - r) for p, r in zip(policy_logps[1].tolist(), self.reference_logps[1].tolist())]
         margins = [c - r for c, r in zip(chosen, rejected)]
         margin, margin_se = mean_and_se(margins)
-        result = {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": margin, "margin_se": margin_se,
-                  "chosen_reward": sum(chosen) / len(chosen), "rejected_reward": sum(rejected) / len(rejected),
-                  "kl": kl, "kl_se": kl_se, "samples": texts}
+        result = {
+            "accuracy": sum(m > 0 for m in margins) / len(margins),
+            "margin": margin,
+            "margin_se": margin_se,
+            "chosen_reward": sum(chosen) / len(chosen),
+            "rejected_reward": sum(rejected) / len(rejected),
+            "kl": kl,
+            "kl_se": kl_se,
+            "samples": texts,
+        }
         self.results.append({"step": step, **result})
         return {f"eval/{key}": result[key] for key in self.keys}
 
     def _kl(self, policy) -> tuple[float, float, list[str]]:
         """KL(policy || reference) on the held-out prompts from one policy sample each: (kl, its SE, the samples)."""
-        samples = sample_completions(policy, self.tokenizer, self.prompts, seed=self.seed + 2, precision=self.precision, **self.sizes)
+        samples = sample_completions(
+            policy, self.tokenizer, self.prompts, seed=self.seed + 2, precision=self.precision, **self.sizes
+        )
         reference = _reload(self.model_source, policy)
-        ratios = log_ratios(policy, reference, self.tokenizer, samples, batch_size=self.sizes["batch_size"], precision=self.precision)
+        ratios = log_ratios(
+            policy, reference, self.tokenizer, samples, batch_size=self.sizes["batch_size"], precision=self.precision
+        )
         return (*mean_and_se(ratios), samples.texts)
 
     @staticmethod
     def describe(row: dict) -> str:
         margin = with_se(row["eval/margin"], row["eval/margin_se"], "pair", "+.3f")
-        return (f"held-out pairs: accuracy {row['eval/accuracy']:.3f}, margin {margin} "
-                f"(chosen {row['eval/chosen_reward']:+.3f}, rejected {row['eval/rejected_reward']:+.3f}), "
-                f"{format_kl(row['eval/kl'], row['eval/kl_se'])}")
+        return (
+            f"held-out pairs: accuracy {row['eval/accuracy']:.3f}, margin {margin} "
+            f"(chosen {row['eval/chosen_reward']:+.3f}, rejected {row['eval/rejected_reward']:+.3f}), "
+            f"{format_kl(row['eval/kl'], row['eval/kl_se'])}"
+        )
 
 
 def _reload(model_source, policy):
@@ -263,7 +383,64 @@ def _reload(model_source, policy):
     return reference.eval().requires_grad_(False)
 
 
-# ------------------------------------------------------------ stage 5: keep the policy
+# ------------------------------------------------------------ stage 3: train, evaluating as it goes
+
+
+def train_stage(
+    policy,
+    tokenizer,
+    pairs: list[dict],
+    config,
+    evaluator,
+    profile: Profile,
+    out: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    log,
+) -> tuple[list[dict], float, float]:
+    """Stage 3: DPO on `pairs`, with `evaluator` (if any) at step 0, every `run_eval_every` steps and at the last step.
+
+    Returns (metrics per step, training seconds, of which evaluation seconds).
+    """
+    eval_seconds = 0.0
+
+    def evaluate(step: int, policy_is_reference: bool = False) -> dict:
+        nonlocal eval_seconds
+        clock = time.perf_counter()
+        result = evaluator(policy, step, policy_is_reference=policy_is_reference)
+        eval_seconds += time.perf_counter() - clock
+        log(f"eval at step {step}: {evaluator.describe(result)}")
+        return result
+
+    def on_step(record: dict) -> dict | None:
+        due = record["step"] % profile.run_eval_every == 0 or record["step"] == record["steps_total"]
+        return evaluate(record["step"]) if evaluator is not None and due else None
+
+    if evaluator is not None:
+        evaluate(0, policy_is_reference=True)
+    started = time.perf_counter()
+    history = train_dpo(
+        policy,
+        tokenizer,
+        pairs,
+        config,
+        metrics_path=out / "metrics.jsonl",
+        on_step=on_step,
+        progress=progress,
+        checkpoint_dir=out / "checkpoints",
+        checkpoint_every=profile.run_checkpoint_every,
+        resume=resume,
+        log=log,
+    )
+    # resumed after the last step: evaluate again
+    if evaluator is not None and evaluator.results[-1]["step"] != len(history):
+        evaluate(len(history))
+    return history, time.perf_counter() - started, eval_seconds
+
+
+# ------------------------------------------------------------ stage 4: keep the policy
+
 
 def save_policy(model, tokenizer, target) -> Any:
     """save_pretrained (safetensors) with the tokenizer, all at once (`dpo_edu.utils.staged`): it loads with
@@ -272,6 +449,60 @@ def save_policy(model, tokenizer, target) -> Any:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
     return target
+
+
+# ------------------------------------------------------------ stage 5: the numbers and the report
+
+
+def evaluation_summary(evaluator, history: list[dict]) -> dict:
+    """Stage 5's numbers for summary.json: the final and every evaluation, and what they were measured on
+    (empty without an evaluator). A resumed run's earlier evaluations come from its metrics.jsonl `history`."""
+    if evaluator is None:
+        return {}
+    keys = evaluator.keys
+    evaluations = evaluator.results[:1] + [
+        {"step": row["step"], **{key: row[f"eval/{key}"] for key in keys}} for row in history if "eval/kl" in row
+    ]
+    numbers = {
+        "final": {key: evaluator.results[-1][key] for key in keys},
+        "evaluations": [{"step": row["step"], **{key: row[key] for key in keys}} for row in evaluations],
+    }
+    if isinstance(evaluator, RewardEvaluator):
+        reference_mean, reference_se = mean_and_se(evaluator.reference_rewards)
+        numbers.update(
+            heldout_prompts=len(evaluator.prompts), reference={"reward_mean": reference_mean, "reward_se": reference_se}
+        )
+    else:
+        numbers.update(heldout_pairs=len(evaluator.pairs), heldout_prompts=len(evaluator.prompts))
+    return numbers
+
+
+def write_report(summary: dict, history: list[dict], evaluator, out: Path) -> None:
+    """Stage 5: the plots and report.md, from `summary` (with `evaluation_summary`'s numbers) and the evaluator."""
+    figures = {"training": plot_training(history)}
+    examples = []
+    final = evaluator.results[-1] if evaluator is not None else None
+    if isinstance(evaluator, RewardEvaluator):
+        figures["heldout"] = plot_evaluation(summary["evaluations"], summary["inputs"]["reward"])
+        figures["reward_histograms"] = plot_reward_histograms(
+            evaluator.reference_rewards, final["rewards"], summary["inputs"]["reward"]
+        )
+        examples = [
+            {
+                "prompt": evaluator.texts[i],
+                "before": evaluator.reference_texts[i],
+                "before_reward": evaluator.reference_rewards[i],
+                "after": final["samples"][i],
+                "after_reward": final["rewards"][i],
+            }
+            for i in range(min(5, len(evaluator.texts)))
+        ]
+    elif evaluator is not None:
+        figures["heldout"] = plot_pair_evaluation(summary["evaluations"])
+        examples = [{"prompt": prompt, "after": final["samples"][i]} for i, prompt in enumerate(evaluator.prompts[:5])]
+    plot_paths = save_figures(figures, out / "plots")
+    report = markdown_report if isinstance(evaluator, RewardEvaluator) else markdown_pairs_report
+    (out / "report.md").write_text(report(summary, plot_paths, examples), encoding="utf-8")
 
 
 def count_conversational(rows: list[dict]) -> int:

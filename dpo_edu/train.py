@@ -16,6 +16,7 @@ One file, top to bottom, like nanoGPT's train.py:
 GPU has it (else fp16 with loss scaling), and lets the same loop run under
 `accelerate launch` on several GPUs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,19 +31,31 @@ from typing import Any, Callable, get_args, get_type_hints
 import torch
 from torch.utils.data import DataLoader
 
-from .data import IGNORE_INDEX, NoRoomForResponse, TokenSeamError, collate_preferences, split_chosen_rejected, tokenize_preference
+from . import checkpoint as checkpoints
+from .data import (
+    IGNORE_INDEX,
+    NoRoomForResponse,
+    TokenSeamError,
+    collate_preferences,
+    split_chosen_rejected,
+    tokenize_preference,
+)
 from .logprobs import sequence_logprobs
 from .losses import REFERENCE_FREE, check_loss_settings, dpo_loss, odpo_offset
-from . import checkpoint as checkpoints
-from .utils import eval_mode, get_device, pad_token_id, precision_dtype, precision_name, seed_everything
+from .precision import accelerate_mixed_precision, precision_dtype, precision_problem
+from .utils import eval_mode, get_device, pad_token_id, seed_everything
 
-# TrainConfig.mixed_precision takes accelerate's names, `--precision` and `dpo_edu.utils.precision_dtype` the course's
-# (float32 is "no" in one, "fp32" in the other); this is the one translation: the course's name -> accelerate's
-MIXED_PRECISION_OF = {"auto": "auto", "fp32": "no", "fp16": "fp16", "bf16": "bf16"}
-MIXED_PRECISION = tuple(MIXED_PRECISION_OF.values())
 METRIC_NAMES = (
-    "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-    "logps/chosen", "logps/rejected", "grad_norm", "lr", "tokens_per_second",
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "grad_norm",
+    "lr",
+    "tokens_per_second",
 )
 
 
@@ -63,14 +76,20 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int = 128
     max_prompt_length: int = 64
-    mixed_precision: str = "auto"  # auto: bf16 / fp16 where the hardware has it (GPUs, CPUs with AVX512-BF16 or AMX), else "no"
+    mixed_precision: str = (
+        "auto"  # auto: bf16 / fp16 where the hardware has it (GPUs, CPUs with AVX512-BF16 or AMX), else "fp32"
+    )
     # keep only each layer's input, recompute the rest in backward: less memory, more time (benchmarks/train_vs_trl.py)
     gradient_checkpointing: bool = False
     use_chat_template: bool | None = None  # None: if the tokenizer has one; False: plain-text continuation
     # None: DPO; a number: ODPO, offset alpha * log(odpo_score_scale * (chosen_score - rejected_score))
     odpo_alpha: float | None = None
-    odpo_score_scale: float = 1.0  # the scores' unit: gaps below 1 / scale get a negative offset (see losses.odpo_offset)
-    sft_weight: float = 0.0  # > 0: add sft_weight * NLL(chosen) (RPO; TRL: loss_type=["sigmoid", "sft"], loss_weights=[1, w])
+    odpo_score_scale: float = (
+        1.0  # the scores' unit: gaps below 1 / scale get a negative offset (see losses.odpo_offset)
+    )
+    sft_weight: float = (
+        0.0  # > 0: add sft_weight * NLL(chosen) (RPO; TRL: loss_type=["sigmoid", "sft"], loss_weights=[1, w])
+    )
     simpo_gamma: float = 0.5  # SimPO's target margin (loss_type="simpo")
     seed: int = 0
 
@@ -84,16 +103,28 @@ class TrainConfig:
     def _clashes(self, valid: set[str]) -> list[str]:
         """Problems between fields, each checked only when the fields it reads are valid on their own."""
         problems = []
-        if valid >= {"batch_size", "gradient_accumulation_steps"} and self.batch_size % self.gradient_accumulation_steps:
-            problems.append(f"batch_size {self.batch_size} must be a multiple of "
-                            f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if (
+            valid >= {"batch_size", "gradient_accumulation_steps"}
+            and self.batch_size % self.gradient_accumulation_steps
+        ):
+            problems.append(
+                f"batch_size {self.batch_size} must be a multiple of "
+                f"gradient_accumulation_steps {self.gradient_accumulation_steps}"
+            )
         if valid >= {"max_prompt_length", "max_length"} and self.max_prompt_length >= self.max_length:
-            problems.append(f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} "
-                            f"with max_length {self.max_length}")
+            problems.append(
+                f"max_prompt_length must be in [1, max_length), got {self.max_prompt_length} "
+                f"with max_length {self.max_length}"
+            )
         if valid >= _LOSS_FIELDS:  # the loss's own rules live in dpo_edu.losses, for dpo_loss and TrainConfig alike
-            problems += check_loss_settings(self.loss_type, self.beta, label_smoothing=self.label_smoothing,
-                                            sft_weight=self.sft_weight, simpo_gamma=self.simpo_gamma,
-                                            offset=self.odpo_alpha is not None)
+            problems += check_loss_settings(
+                self.loss_type,
+                self.beta,
+                label_smoothing=self.label_smoothing,
+                sft_weight=self.sft_weight,
+                simpo_gamma=self.simpo_gamma,
+                offset=self.odpo_alpha is not None,
+            )
         return problems
 
     @property
@@ -117,12 +148,20 @@ def _within(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
 # except for the loss's fields, whose rules (ranges and which loss_type takes which) are losses.check_loss_settings.
 _LOSS_FIELDS = {"loss_type", "beta", "label_smoothing", "sft_weight", "simpo_gamma", "odpo_alpha"}
 _RANGES = {
-    "learning_rate": _above(0), "weight_decay": _at_least(0),
-    "batch_size": _at_least(1), "gradient_accumulation_steps": _at_least(1), "epochs": _at_least(1), "max_steps": _at_least(1),
-    "warmup_steps": _at_least(0), "max_grad_norm": _above(0), "max_length": _at_least(1), "max_prompt_length": _at_least(1),
-    "odpo_alpha": _at_least(0), "odpo_score_scale": _above(0), "seed": _within(0, 2**32),  # numpy's seeds
+    "learning_rate": _above(0),
+    "weight_decay": _at_least(0),
+    "batch_size": _at_least(1),
+    "gradient_accumulation_steps": _at_least(1),
+    "epochs": _at_least(1),
+    "max_steps": _at_least(1),
+    "warmup_steps": _at_least(0),
+    "max_grad_norm": _above(0),
+    "max_length": _at_least(1),
+    "max_prompt_length": _at_least(1),
+    "odpo_alpha": _at_least(0),
+    "odpo_score_scale": _above(0),
+    "seed": _within(0, 2**32),  # numpy's seeds
 }
-_CHOICES = {"mixed_precision": MIXED_PRECISION}
 _KINDS = {int: "an int", float: "a finite number", bool: "True or False", str: "a string"}
 
 
@@ -137,9 +176,8 @@ def _is_a(kind: type, value: Any) -> bool:
 
 def _field_problem(name: str, value: Any) -> str | None:
     """What is wrong with TrainConfig field `name` set to `value`, in words; None if nothing."""
-    if name in _CHOICES:
-        allowed = _CHOICES[name]
-        return None if isinstance(value, str) and value in allowed else f"{name} {value!r} is not one of: {', '.join(allowed)}"
+    if name == "mixed_precision":
+        return precision_problem(value, name)
     kinds = set(get_args(_HINTS[name]) or [_HINTS[name]])
     optional = type(None) in kinds
     if optional and value is None:
@@ -155,21 +193,6 @@ def _field_problem(name: str, value: Any) -> str | None:
 _HINTS = get_type_hints(TrainConfig)
 
 
-def mixed_precision_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of TrainConfig.mixed_precision `setting` on `device` (None: float32 throughout).
-
-    "auto" picks bf16 or fp16 where `device` has it in hardware (`dpo_edu.utils.precision_dtype`: GPUs, and CPUs
-    with AVX512-BF16 or AMX), else None.
-    """
-    course_name = {accelerate_name: name for name, accelerate_name in MIXED_PRECISION_OF.items()}[setting]
-    return precision_dtype(device, course_name)
-
-
-def resolve_mixed_precision(setting: str, device: torch.device) -> str:
-    """`setting` as accelerate's Accelerator takes it: 'auto' becomes 'bf16', 'fp16' or 'no' (see `mixed_precision_dtype`)."""
-    return MIXED_PRECISION_OF[precision_name(mixed_precision_dtype(setting, device))]
-
-
 class _Pairs(torch.utils.data.Dataset):
     def __init__(self, features: list[dict]) -> None:
         self.features = features
@@ -181,7 +204,7 @@ class _Pairs(torch.utils.data.Dataset):
         return {**self.features[index], "index": index}
 
 
-def _loader(features: list[dict], batch_size: int, pad_token_id: int, *, shuffle: bool, seed: int) -> DataLoader:
+def pair_loader(features: list[dict], batch_size: int, pad_token_id: int, *, shuffle: bool, seed: int) -> DataLoader:
     def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         batch = collate_preferences(items, pad_token_id)
         batch["index"] = torch.tensor([item["index"] for item in items])
@@ -206,8 +229,9 @@ def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
     # logits at t - 1 predict the label at t; with no label at all (custom features masked away) every sum is 0
     first_scored = int(scored[0]) if len(scored) else labels.shape[1] - 1
     keep = labels.shape[1] - first_scored + 1
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
-                   use_cache=False).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, use_cache=False
+    ).logits
     return split_chosen_rejected(sequence_logprobs(logits, labels[:, -keep:]))
 
 
@@ -228,14 +252,16 @@ def reference_logps(model, loader: DataLoader, accelerator=None, device=None) ->
             index = batch["index"]
             if accelerator is not None:
                 index, chosen_logps, rejected_logps = accelerator.gather_for_metrics(
-                    (index, chosen_logps, rejected_logps))
+                    (index, chosen_logps, rejected_logps)
+                )
             chosen[index.cpu()] = chosen_logps.float().cpu()
             rejected[index.cpu()] = rejected_logps.float().cpu()
     return chosen, rejected
 
 
-def usable_examples(tokenizer, examples: list[dict[str, Any]], config: TrainConfig, *,
-                    log=print) -> tuple[list[dict], list[dict]]:
+def usable_examples(
+    tokenizer, examples: list[dict[str, Any]], config: TrainConfig, *, log=print
+) -> tuple[list[dict], list[dict]]:
     """Tokenise every example; return (kept examples, their features), skipping what cannot be trained on.
 
     Rules (each counted in one line via `log`): a prompt longer than
@@ -248,11 +274,16 @@ def usable_examples(tokenizer, examples: list[dict[str, Any]], config: TrainConf
     for example in examples:
         try:
             feature = tokenize_preference(
-                tokenizer, example, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+                tokenizer,
+                example,
+                max_length=config.max_length,
+                max_prompt_length=config.max_prompt_length,
                 use_chat_template=config.use_chat_template,
             )
         except NoRoomForResponse:
-            counts["no room for a response after the prompt"] = counts.get("no room for a response after the prompt", 0) + 1
+            counts["no room for a response after the prompt"] = (
+                counts.get("no room for a response after the prompt", 0) + 1
+            )
             continue
         except TokenSeamError:
             counts["prompt tokens change at the seam"] = counts.get("prompt tokens change at the seam", 0) + 1
@@ -263,27 +294,33 @@ def usable_examples(tokenizer, examples: list[dict[str, Any]], config: TrainConf
         features.append(feature)
     if counts and log is not None:
         skipped = len(examples) - len(kept)
-        log(f"training pairs: skipped {skipped:,} of {len(examples):,}; "
+        log(
+            f"training pairs: skipped {skipped:,} of {len(examples):,}; "
             + ", ".join(f"{n:,} {reason}" for reason, n in counts.items())
-            + f" (max_length={config.max_length}, max_prompt_length={config.max_prompt_length})")
+            + f" (max_length={config.max_length}, max_prompt_length={config.max_prompt_length})"
+        )
     if not kept:
-        raise ValueError(f"none of the {len(examples):,} examples can be trained on: "
-                         + ", ".join(f"{n} {reason}" for reason, n in counts.items()))
+        raise ValueError(
+            f"none of the {len(examples):,} examples can be trained on: "
+            + ", ".join(f"{n} {reason}" for reason, n in counts.items())
+        )
     return kept, features
 
 
-def compute_reference_logps(model, tokenizer, examples: list[dict[str, Any]],
-                            config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference log-probs `train_dpo` would compute for `examples`: (N,) chosen, (N,) rejected, on CPU,
-    for the N examples `usable_examples` keeps.
+def compute_pair_logps(
+    model, tokenizer, examples: list[dict[str, Any]], config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model`'s sequence log-probs of `examples`, batch for batch as `train_dpo` computes the reference's:
+    (N,) chosen, (N,) rejected, on CPU, for the N examples `usable_examples` keeps (a peft model's adapters off).
 
-    For sweeps: compute them once, then pass `reference=` to every `train_dpo` that starts from this model.
+    For a reference and sweeps: compute them once, then pass `reference=` to every `train_dpo` that starts from
+    this model. An evaluator passes the policy instead (`stages.PairsEvaluator`).
     """
     _, features = usable_examples(tokenizer, examples, config, log=None)
     loader = _reference_loader(features, config, pad_token_id(tokenizer))
     device = next(model.parameters()).device
-    dtype = mixed_precision_dtype(config.mixed_precision, device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), _adapters_disabled(model):
+    dtype = precision_dtype(device, config.mixed_precision)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), adapters_disabled(model):
         return reference_logps(model, loader, device=device)
 
 
@@ -295,7 +332,7 @@ def _reference_loader(features: list[dict], config: TrainConfig, pad_token_id: i
     so step 1's loss is ln 2 and its margin 0 in bf16 too, not only up to
     rounding that depends on which pairs share a batch.
     """
-    return _loader(features, config.micro_batch_size, pad_token_id, shuffle=True, seed=config.seed)
+    return pair_loader(features, config.micro_batch_size, pad_token_id, shuffle=True, seed=config.seed)
 
 
 def pair_offsets(examples: list[dict[str, Any]], alpha: float, scale: float = 1.0) -> torch.Tensor:
@@ -310,7 +347,7 @@ def pair_offsets(examples: list[dict[str, Any]], alpha: float, scale: float = 1.
     return odpo_offset(chosen, rejected, alpha, scale=scale)
 
 
-def _accelerator(config: TrainConfig):
+def make_accelerator(config: TrainConfig):
     """An Accelerator with this config's precision and accumulation.
 
     accelerate keeps the precision in a process-wide singleton and refuses a
@@ -325,11 +362,14 @@ def _accelerator(config: TrainConfig):
     device = get_device()
     # cpu=True on a CPU: DPO_EDU_DEVICE=cpu is obeyed on a GPU machine too, and `accelerate launch --multi_gpu` on a
     # CPU-only machine runs its processes over gloo (without it they would each train alone, silently)
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=resolve_mixed_precision(config.mixed_precision, device),
-                       gradient_accumulation_steps=config.gradient_accumulation_steps)
+    return Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=accelerate_mixed_precision(config.mixed_precision, device),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    )
 
 
-def _adapters_disabled(model):
+def adapters_disabled(model):
     """A context in which a peft model (dpo_edu.lora) is its base model: the reference, with no second copy of the weights."""
     is_peft = hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
     return model.disable_adapter() if is_peft else contextlib.nullcontext()
@@ -346,7 +386,9 @@ def planned_steps(n_pairs: int, config: TrainConfig, processes: int = 1) -> int:
     (accelerate's even batches); a step is `gradient_accumulation_steps` of them, the epoch's last step maybe fewer.
     """
     micro_batches = math.ceil(math.ceil(n_pairs / config.micro_batch_size) / processes)  # per process and epoch
-    return min(config.epochs * math.ceil(micro_batches / config.gradient_accumulation_steps), config.max_steps or math.inf)
+    return min(
+        config.epochs * math.ceil(micro_batches / config.gradient_accumulation_steps), config.max_steps or math.inf
+    )
 
 
 def capped_warmup(warmup_steps: int, total_steps: int) -> int:
@@ -362,6 +404,7 @@ def capped_warmup(warmup_steps: int, total_steps: int) -> int:
 @dataclasses.dataclass
 class PairLosses:
     """One micro-batch of B pairs through the policy and `dpo_loss`: each tensor is (B,), `loss` their mean."""
+
     losses: torch.Tensor
     chosen_rewards: torch.Tensor
     rejected_rewards: torch.Tensor
@@ -370,8 +413,14 @@ class PairLosses:
     loss: torch.Tensor  # (), what backward starts from
 
 
-def pair_losses(model, batch: dict[str, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor] | None,
-                offsets: torch.Tensor | None, config: TrainConfig, accelerator) -> PairLosses:
+def pair_losses(
+    model,
+    batch: dict[str, torch.Tensor],
+    reference: tuple[torch.Tensor, torch.Tensor] | None,
+    offsets: torch.Tensor | None,
+    config: TrainConfig,
+    accelerator,
+) -> PairLosses:
     """The loss of one micro-batch (2B rows, chosen first): the policy's log-probs under autocast, then `dpo_loss` in float32.
 
     `reference` (N,) chosen and (N,) rejected log-probs and ODPO's `offsets` (N,) cover every pair; the batch's
@@ -381,15 +430,24 @@ def pair_losses(model, batch: dict[str, torch.Tensor], reference: tuple[torch.Te
         policy_chosen, policy_rejected = pair_logps(model, batch)
     index, device = batch["index"].cpu(), policy_chosen.device
 
-    def of_batch(values: torch.Tensor | None) -> torch.Tensor | None:  # the rows of this micro-batch's pairs, on its device
+    def of_batch(values: torch.Tensor | None) -> torch.Tensor | None:
+        """The rows of this micro-batch's pairs, on its device."""
         return None if values is None else values[index].to(device)
 
     ref_chosen, ref_rejected = reference or (None, None)
     chosen_lengths, rejected_lengths = split_chosen_rejected((batch["labels"] != IGNORE_INDEX).sum(1))
     losses, chosen_rewards, rejected_rewards = dpo_loss(
-        policy_chosen.float(), policy_rejected.float(), of_batch(ref_chosen), of_batch(ref_rejected), config.beta,
-        loss_type=config.loss_type, label_smoothing=config.label_smoothing, offset=of_batch(offsets),
-        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, sft_weight=config.sft_weight,
+        policy_chosen.float(),
+        policy_rejected.float(),
+        of_batch(ref_chosen),
+        of_batch(ref_rejected),
+        config.beta,
+        loss_type=config.loss_type,
+        label_smoothing=config.label_smoothing,
+        offset=of_batch(offsets),
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+        sft_weight=config.sft_weight,
         simpo_gamma=config.simpo_gamma,
     )
     return PairLosses(losses, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected, losses.mean())
@@ -414,8 +472,14 @@ class StepMetrics:
     def add(self, out: PairLosses, attention_mask: torch.Tensor) -> None:
         """Add one micro-batch, its pairs gathered from every process."""
         losses, chosen, rejected, policy_chosen, policy_rejected = self.accelerator.gather(
-            (out.losses.detach(), out.chosen_rewards, out.rejected_rewards, out.policy_chosen.detach().float(),
-             out.policy_rejected.detach().float()))
+            (
+                out.losses.detach(),
+                out.chosen_rewards,
+                out.rejected_rewards,
+                out.policy_chosen.detach().float(),
+                out.policy_rejected.detach().float(),
+            )
+        )
         means = {
             "loss": losses.mean().item(),
             "rewards/chosen": chosen.mean().item(),
@@ -430,13 +494,21 @@ class StepMetrics:
         self.micro_batches += 1
         self.tokens += int(self.accelerator.gather(attention_mask.sum()).sum())
 
-    def record(self, *, step: int, steps_total: int, epoch: int, grad_norm: torch.Tensor, lr: float) -> dict[str, float]:
+    def record(
+        self, *, step: int, steps_total: int, epoch: int, grad_norm: torch.Tensor, lr: float
+    ) -> dict[str, float]:
         """The step's line: step, steps_total, epoch, the means, grad_norm, lr and tokens_per_second since `start`."""
         elapsed = time.perf_counter() - self.started
         return {
-            "step": step, "steps_total": steps_total, "epoch": epoch,
-            **{name: total / self.micro_batches for name, total in self.sums.items()},  # a short last step: its own mean
-            "grad_norm": float(grad_norm), "lr": lr, "tokens_per_second": self.tokens / max(elapsed, 1e-9),
+            "step": step,
+            "steps_total": steps_total,
+            "epoch": epoch,
+            **{
+                name: total / self.micro_batches for name, total in self.sums.items()
+            },  # a short last step: its own mean
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+            "tokens_per_second": self.tokens / max(elapsed, 1e-9),
         }
 
 
@@ -466,8 +538,9 @@ def _stop_unless_finite(accelerator, loss: torch.Tensor, *, step: int, epoch: in
     )
 
 
-def _micro_batches(accelerator, loader: DataLoader, shuffle_generator: torch.Generator, state: checkpoints.TrainerState,
-                   epochs: int):
+def _micro_batches(
+    accelerator, loader: DataLoader, shuffle_generator: torch.Generator, state: checkpoints.TrainerState, epochs: int
+):
     """Yield (epoch, micro-batch) from `state`'s position to the last epoch's end, keeping the position in `state` current.
 
     An epoch's order is fixed by the shuffle generator's state at its start; a resumed epoch sets that state
@@ -475,7 +548,11 @@ def _micro_batches(accelerator, loader: DataLoader, shuffle_generator: torch.Gen
     """
     for epoch in range(state.epoch, epochs):
         if epoch > state.epoch:  # a new epoch: its order is the generator's state now
-            state.epoch, state.batches_done_in_epoch, state.epoch_generator_state = epoch, 0, shuffle_generator.get_state()
+            state.epoch, state.batches_done_in_epoch, state.epoch_generator_state = (
+                epoch,
+                0,
+                shuffle_generator.get_state(),
+            )
         shuffle_generator.set_state(state.epoch_generator_state)
         skip = state.batches_done_in_epoch
         for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
@@ -484,7 +561,7 @@ def _micro_batches(accelerator, loader: DataLoader, shuffle_generator: torch.Gen
     state.epoch, state.batches_done_in_epoch = epochs, 0
 
 
-def _adamw(model, config: TrainConfig) -> torch.optim.AdamW:
+def adamw(model, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over what trains: with LoRA (dpo_edu.lora) the frozen base weights get no optimizer state.
 
     fused: one kernel over all parameters instead of a loop over tensors; the same update rule.
@@ -542,7 +619,7 @@ _ACCELERATE_ATTRIBUTES = ("forward", "_original_forward", "_is_accelerate_prepar
 
 
 @contextlib.contextmanager
-def _left_as_it_was(model):
+def left_as_it_was(model):
     """Inside the block `model` may be prepared by accelerate and set to train mode; after it, also after an error
     or Ctrl-C, it has its own forward, its own train/eval mode, and no attribute of accelerate's.
 
@@ -562,120 +639,228 @@ def _left_as_it_was(model):
         model.train(was_training)
 
 
+@dataclasses.dataclass
+class TrainHooks:
+    """What `train_dpo` reports to and keeps, apart from the algorithm: its metrics file, a callback after every
+    optimizer step, the progress bar and log lines, and checkpoints (`dpo_edu.checkpoint`).
+
+    on_step(record) is called after every optimizer step, before the record is written: a dict it returns (evaluation
+    results, say) is added to the record. With `checkpoint_dir`, a checkpoint is written atomically every
+    `checkpoint_every` steps (0: only at the end) and when Ctrl-C arrives; `resume=True` continues from it.
+    """
+
+    metrics_path: str | Path | None = None
+    on_step: Callable[[dict[str, float]], dict | None] | None = None
+    progress: bool = True
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
+    log: Callable[[str], None] | None = print
+
+
 def train_dpo(
     model,
     tokenizer,
     examples: list[dict[str, Any]],
     config: TrainConfig,
     *,
-    metrics_path: str | Path | None = None,
-    on_step: Callable[[dict[str, float]], dict | None] | None = None,
-    progress: bool = True,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 0,
-    resume: bool = False,
-    log: Callable[[str], None] | None = print,
+    hooks: TrainHooks | None = None,
+    **hook_settings,
 ) -> list[dict[str, float]]:
     """Train `model` in place with DPO on `examples` ({"prompt", "chosen", "rejected"}); return the metrics per step.
 
-    The model's current weights are the reference. `on_step(record)` is called
-    after every optimizer step, before the record is written: a dict it returns
-    (evaluation results, say) is added to the record. Every record has "step"
-    and "steps_total" (the run's last step is the one where they are equal).
-    `reference` = (chosen, rejected) log-probs (N,) computed earlier for these
-    examples and this model (see `compute_reference_logps`) skips computing
-    them again: a sweep that trains many policies from one reference computes them once.
+    The model's current weights are the reference. `reference` = (chosen, rejected) log-probs (N,) computed earlier
+    for these examples and this model (`compute_pair_logps`) skips computing them again: a sweep that trains many
+    policies from one reference computes them once. Every record has "step" and "steps_total" (the run's last step
+    is the one where they are equal).
 
-    Nothing is lost (`dpo_edu.checkpoint`): with `checkpoint_dir`, a checkpoint
-    is written atomically every `checkpoint_every` steps (0: only at the end),
-    when Ctrl-C (SIGINT) arrives (after the current step), and never from a
-    non-finite loss: that stops the run with TrainingStopped and the last good
-    checkpoint stays. `resume=True` continues from the checkpoint in
-    `checkpoint_dir` and ends with the metrics an uninterrupted run would have.
+    `hooks` (a `TrainHooks`), or its fields as keywords (`progress=False, log=None`, ...), say what the run reports
+    and keeps. Nothing is lost (`dpo_edu.checkpoint`): a checkpoint is written when due, when Ctrl-C (SIGINT) arrives
+    (after the current step), and never from a non-finite loss: that stops the run with TrainingStopped and the last
+    good checkpoint stays. `resume=True` ends with the metrics an uninterrupted run would have.
     """
+    hooks = _hooks(hooks, hook_settings)
+    seed_everything(config.seed)
+    inputs = _training_inputs(model, tokenizer, examples, config, reference, hooks)
+    accelerator = make_accelerator(config)
+    train_loader = pair_loader(
+        inputs.features, config.micro_batch_size, pad_token_id(tokenizer), shuffle=True, seed=config.seed
+    )
+    # left in reverse: checkpointing as it was, bar closed, file closed, SIGINT's handler back, the model as it was
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(left_as_it_was(model))
+        loop = _set_up(stack, accelerator, model, tokenizer, train_loader, config, inputs, hooks)
+        return loop.history if len(loop.history) >= loop.total_steps else _train_steps(loop, config, hooks)
+
+
+def _hooks(hooks: TrainHooks | None, settings: dict) -> TrainHooks:
+    if hooks is not None and settings:
+        raise TypeError(
+            f"train_dpo: pass hooks=TrainHooks(...) or its fields as keywords, not both ({sorted(settings)})"
+        )
+    return hooks if hooks is not None else TrainHooks(**settings)
+
+
+@dataclasses.dataclass
+class _Inputs:
+    examples: list[dict[str, Any]]  # the usable ones
+    features: list[dict]
+    offsets: torch.Tensor | None  # ODPO's, (N,)
+    saved: checkpoints.Checkpoint | None  # the checkpoint to resume from
+    reference: tuple[torch.Tensor, torch.Tensor] | None  # (N,) chosen, (N,) rejected
+
+
+def _training_inputs(model, tokenizer, examples, config: TrainConfig, reference, hooks: TrainHooks) -> _Inputs:
+    """The checks that come before any work, the usable examples tokenised, ODPO's offsets, the checkpoint to resume."""
+    if not examples:
+        raise ValueError("no training examples")
+    if hooks.resume and hooks.checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue")
+    if not any(parameter.requires_grad for parameter in model.parameters()):
+        raise ValueError(
+            "no trainable parameter: requires_grad is False for every parameter of the model (frozen "
+            "like a reference?); call model.requires_grad_(True), or add adapters (dpo_edu.lora)"
+        )
+    saved = checkpoints.load_latest(hooks.checkpoint_dir, config) if hooks.resume else None
+    examples, features = usable_examples(tokenizer, examples, config, log=hooks.log)
+    offsets = (
+        pair_offsets(examples, config.odpo_alpha, config.odpo_score_scale) if config.odpo_alpha is not None else None
+    )
+    reference = saved.reference_logps() if saved is not None else reference
+    if reference is not None and not all(len(logps) == len(examples) for logps in reference):
+        raise ValueError(
+            f"reference log-probs for {[len(logps) for logps in reference]} pairs, but {len(examples)} usable examples"
+        )
+    return _Inputs(examples, features, offsets, saved, reference)
+
+
+@dataclasses.dataclass
+class _Loop:
+    """Everything the training loop touches, set up by `_set_up`."""
+
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    shuffle_generator: torch.Generator  # its state at an epoch's start fixes that epoch's order
+    reference: tuple[torch.Tensor, torch.Tensor] | None
+    offsets: torch.Tensor | None
+    state: checkpoints.TrainerState
+    total_steps: int
+    metrics: StepMetrics
+    save: Callable[[], Path | None]  # a checkpoint now; None where this process keeps none
+    # the contexts the loop runs in, entered by `_set_up` unless there is nothing left to train
+    interrupted: Callable[[], bool] | None = None
+    metrics_file: Any = None
+    bar: Any = None
+
+    @property
+    def history(self) -> list[dict]:
+        return self.state.history
+
+
+def _set_up(stack, accelerator, model, tokenizer, train_loader, config, inputs: _Inputs, hooks: TrainHooks) -> _Loop:
+    """Prepare model, optimizer and loaders, the reference's log-probs (before any update), the schedule, the
+    resumed state, and the contexts the loop runs in (entered on `stack`)."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    seed_everything(config.seed)
-    if not examples:
-        raise ValueError("no training examples")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir, the folder of the run to continue")
-    if not any(parameter.requires_grad for parameter in model.parameters()):
-        raise ValueError("no trainable parameter: requires_grad is False for every parameter of the model (frozen "
-                         "like a reference?); call model.requires_grad_(True), or add adapters (dpo_edu.lora)")
-    saved = checkpoints.load_latest(checkpoint_dir, config) if resume else None
-    examples, features = usable_examples(tokenizer, examples, config, log=log)
-    offsets = pair_offsets(examples, config.odpo_alpha, config.odpo_score_scale) if config.odpo_alpha is not None else None
-    reference = saved.reference_logps() if saved is not None else reference
-    if reference is not None and not all(len(logps) == len(examples) for logps in reference):
-        raise ValueError(f"reference log-probs for {[len(logps) for logps in reference]} pairs, "
-                         f"but {len(examples)} usable examples")
+    shuffle_generator = train_loader.generator
+    reference = inputs.reference
+    model, optimizer, train_loader, reference_loader = accelerator.prepare(
+        model, adamw(model, config), train_loader, _reference_loader(inputs.features, config, pad_token_id(tokenizer))
+    )
+    if reference is None and config.loss_type not in REFERENCE_FREE:
+        with accelerator.autocast(), adapters_disabled(accelerator.unwrap_model(model)):
+            reference = reference_logps(model, reference_loader, accelerator)  # before any update: the reference
+    total_steps = planned_steps(len(inputs.features), config, accelerator.num_processes)
+    # not passed to accelerator.prepare: we step it once per optimizer step ourselves
+    scheduler = get_scheduler(
+        "linear",
+        optimizer,
+        num_warmup_steps=capped_warmup(config.warmup_steps, total_steps),
+        num_training_steps=total_steps,
+    )
+    state = checkpoints.TrainerState(history=[], epoch_generator_state=shuffle_generator.get_state())
+    if inputs.saved is not None:
+        state = checkpoints.resume(
+            inputs.saved, accelerator.unwrap_model(model), optimizer, scheduler, metrics_path=hooks.metrics_path
+        )
+        if hooks.log is not None:
+            hooks.log(f"resumed from step {len(state.history)} of {total_steps} ({hooks.checkpoint_dir})")
+    keeps_checkpoints = hooks.checkpoint_dir is not None and accelerator.is_main_process  # one process writes them
+    save = functools.partial(
+        checkpoints.save,
+        hooks.checkpoint_dir,
+        accelerator.unwrap_model(model),
+        optimizer,
+        scheduler,
+        config=config,
+        reference=reference,
+        state=state,
+    )
+    loop = _Loop(
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        shuffle_generator=shuffle_generator,
+        reference=reference,
+        offsets=inputs.offsets,
+        state=state,
+        total_steps=total_steps,
+        metrics=StepMetrics(accelerator),
+        save=save if keeps_checkpoints else lambda: None,
+    )
+    if len(state.history) >= total_steps:
+        return loop
+    model.train()
+    loop.interrupted = stack.enter_context(checkpoints.interrupt_flag())
+    loop.metrics_file = (
+        stack.enter_context(open(hooks.metrics_path, "a", encoding="utf-8")) if hooks.metrics_path else None
+    )
+    show = hooks.progress and accelerator.is_main_process
+    loop.bar = stack.enter_context(tqdm(total=total_steps, initial=len(state.history), desc="DPO", disable=not show))
+    stack.enter_context(activation_checkpointing(accelerator.unwrap_model(model), config.gradient_checkpointing))
+    stack.enter_context(sparse_embedding_gradient(accelerator.unwrap_model(model)))
+    return loop
 
-    accelerator = _accelerator(config)
-    train_loader = _loader(features, config.micro_batch_size, pad_token_id(tokenizer), shuffle=True, seed=config.seed)
-    shuffle_generator = train_loader.generator  # its state at an epoch's start fixes that epoch's order
-    # left in reverse: checkpointing as it was, bar closed, file closed, SIGINT's handler back, the model as it was
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_left_as_it_was(model))
-        model, optimizer, train_loader, reference_loader = accelerator.prepare(
-            model, _adamw(model, config), train_loader, _reference_loader(features, config, pad_token_id(tokenizer)))
-        if reference is None and config.loss_type not in REFERENCE_FREE:
-            with accelerator.autocast(), _adapters_disabled(accelerator.unwrap_model(model)):
-                reference = reference_logps(model, reference_loader, accelerator)  # before any update: the reference
-        total_steps = planned_steps(len(features), config, accelerator.num_processes)
-        # not passed to accelerator.prepare: we step it once per optimizer step ourselves
-        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=capped_warmup(config.warmup_steps, total_steps),
-                                  num_training_steps=total_steps)
 
-        state = checkpoints.TrainerState(history=[], epoch_generator_state=shuffle_generator.get_state())
-        if saved is not None:
-            state = checkpoints.resume(saved, accelerator.unwrap_model(model), optimizer, scheduler,
-                                       metrics_path=metrics_path)
-            if log is not None:
-                log(f"resumed from step {len(state.history)} of {total_steps} ({checkpoint_dir})")
-        history = state.history
-        if len(history) >= total_steps:
+def _train_steps(loop: _Loop, config: TrainConfig, hooks: TrainHooks) -> list[dict[str, float]]:
+    """The loop: a micro-batch's loss, backward and (when the accumulation is complete) an optimizer step, then the
+    step's record, its checkpoint when due, and a stop on Ctrl-C."""
+    accelerator, model, history = loop.accelerator, loop.model, loop.history
+    for epoch, batch in _micro_batches(
+        accelerator, loop.train_loader, loop.shuffle_generator, loop.state, config.epochs
+    ):
+        with accelerator.accumulate(model):
+            out = pair_losses(model, batch, loop.reference, loop.offsets, config, accelerator)
+            step = len(history) + 1
+            _stop_unless_finite(accelerator, out.loss, step=step, epoch=epoch, checkpoint_dir=hooks.checkpoint_dir)
+            accelerator.backward(out.loss)
+            grad_norm = None
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            loop.optimizer.step()
+            loop.optimizer.zero_grad()
+        loop.metrics.add(out, batch["attention_mask"])
+        if not accelerator.sync_gradients:
+            continue
+        lr = loop.scheduler.get_last_lr()[0]
+        record = loop.metrics.record(step=step, steps_total=loop.total_steps, epoch=epoch, grad_norm=grad_norm, lr=lr)
+        loop.scheduler.step()
+        _write_step(record, history, bar=loop.bar, on_step=hooks.on_step, metrics_file=loop.metrics_file)
+        loop.metrics.start()  # after on_step: its evaluations are not training time
+        done, stop = len(history) >= loop.total_steps, loop.interrupted()
+        due = done or stop or (hooks.checkpoint_every and len(history) % hooks.checkpoint_every == 0)
+        where = loop.save() if due else None
+        if stop:
+            saved = f"; checkpoint saved in {where}: continue with resume=True (dpo-edu run --resume)" if where else ""
+            raise TrainingStopped(f"interrupted after step {len(history)} of {loop.total_steps}{saved}")
+        if done:
             return history
-        save = functools.partial(checkpoints.save, checkpoint_dir, accelerator.unwrap_model(model), optimizer,
-                                 scheduler, config=config, reference=reference, state=state)
-        keeps_checkpoints = checkpoint_dir is not None and accelerator.is_main_process  # one process writes them
-        metrics = StepMetrics(accelerator)
-        model.train()
-        interrupted = stack.enter_context(checkpoints.interrupt_flag())
-        metrics_file = stack.enter_context(open(metrics_path, "a", encoding="utf-8")) if metrics_path else None
-        bar = stack.enter_context(tqdm(total=total_steps, initial=len(history), desc="DPO",
-                                       disable=not (progress and accelerator.is_main_process)))
-        stack.enter_context(activation_checkpointing(accelerator.unwrap_model(model), config.gradient_checkpointing))
-        stack.enter_context(sparse_embedding_gradient(accelerator.unwrap_model(model)))
-        for epoch, batch in _micro_batches(accelerator, train_loader, shuffle_generator, state, config.epochs):
-            with accelerator.accumulate(model):
-                out = pair_losses(model, batch, reference, offsets, config, accelerator)
-                _stop_unless_finite(accelerator, out.loss, step=len(history) + 1, epoch=epoch,
-                                    checkpoint_dir=checkpoint_dir)
-                accelerator.backward(out.loss)
-                grad_norm = (accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                             if accelerator.sync_gradients else None)
-                optimizer.step()
-                optimizer.zero_grad()
-            metrics.add(out, batch["attention_mask"])
-            if not accelerator.sync_gradients:
-                continue
-            record = metrics.record(step=len(history) + 1, steps_total=total_steps, epoch=epoch, grad_norm=grad_norm,
-                                    lr=scheduler.get_last_lr()[0])
-            scheduler.step()
-            _write_step(record, history, bar=bar, on_step=on_step, metrics_file=metrics_file)
-            metrics.start()  # after on_step: its evaluations are not training time
-            done, stop = len(history) >= total_steps, interrupted()
-            due = done or stop or (checkpoint_every and len(history) % checkpoint_every == 0)
-            where = save() if keeps_checkpoints and due else None
-            if stop:
-                raise TrainingStopped(f"interrupted after step {len(history)} of {total_steps}" + (
-                    f"; checkpoint saved in {where}: continue with resume=True (dpo-edu run --resume)"
-                    if where else ""))
-            if done:
-                return history
-        if keeps_checkpoints:
-            save()  # the position is past the last epoch
+    loop.save()  # the position is past the last epoch
     return history

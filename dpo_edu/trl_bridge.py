@@ -15,13 +15,15 @@ prompt is longer than max_prompt_length.
 trl is optional (not a dependency of the package): it is imported only inside
 `to_dpo_config`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .train import TrainConfig, resolve_mixed_precision
+from .precision import resolve
+from .train import TrainConfig
 from .utils import get_device
 
 
@@ -33,75 +35,123 @@ class Row(NamedTuple):
 
 TRL_FIELDS: tuple[Row, ...] = (
     Row("beta", ("beta",), "Same meaning. For IPO, TRL's docs call it tau."),
-    Row("loss_type", ("loss_type",),
+    Row(
+        "loss_type",
+        ("loss_type",),
         'A list in TRL: "sigmoid" -> ["sigmoid"], "hinge" -> ["hinge"], "robust" -> ["robust"], "ipo" -> ["ipo"]. '
         "IPO: TRL divides each log-ratio by its completion length (tokens incl. EOS), and so does dpo-edu's trainer; "
         "the paper, and `dpo_loss` without lengths, use the sums. "
         '"simpo" and "orpo" are no DPOTrainer loss types in TRL 1.16 (ValueError). They live in trl.experimental '
         '(not compared here): SimPO in `cpo.CPOTrainer` with `CPOConfig(loss_type="simpo", cpo_alpha=0.0)` '
-        "(cpo_alpha adds an NLL term), ORPO in `orpo.ORPOTrainer` (its beta is the paper's lambda)."),
-    Row("label_smoothing", ("label_smoothing",),
+        "(cpo_alpha adds an NLL term), ORPO in `orpo.ORPOTrainer` (its beta is the paper's lambda).",
+    ),
+    Row(
+        "label_smoothing",
+        ("label_smoothing",),
         'With "robust": the same flip rate eps. With "sigmoid" (cDPO) there is no TRL 1.16 equivalent: its "sigmoid" '
-        'has no label smoothing (ValueError); "robust" is the unbiased variant, a different loss.'),
-    Row("sft_weight", ("loss_type", "loss_weights"),
+        'has no label smoothing (ValueError); "robust" is the unbiased variant, a different loss.',
+    ),
+    Row(
+        "sft_weight",
+        ("loss_type", "loss_weights"),
         'w > 0 (RPO): loss_type=[<loss_type>, "sft"], loss_weights=[1, w]. Both add w x the mean NLL over the '
-        "micro-batch's chosen tokens (EOS included)."),
+        "micro-batch's chosen tokens (EOS included).",
+    ),
     Row("simpo_gamma", (), "SimPO only: `CPOConfig.simpo_gamma` in `trl.experimental.cpo`; no DPOConfig field."),
     Row("learning_rate", ("learning_rate",), "Defaults differ: TRL 1e-6, the course 1e-5."),
-    Row("weight_decay", ("weight_decay",),
+    Row(
+        "weight_decay",
+        ("weight_decay",),
         "The Trainer exempts biases and norm weights from decay, dpo-edu decays every parameter: "
-        "the same runs only at 0 (the default of both)."),
-    Row("batch_size", ("per_device_train_batch_size", "gradient_accumulation_steps"),
+        "the same runs only at 0 (the default of both).",
+    ),
+    Row(
+        "batch_size",
+        ("per_device_train_batch_size", "gradient_accumulation_steps"),
         "Pairs per optimizer step in each process = per_device_train_batch_size x gradient_accumulation_steps. "
-        "Under `accelerate launch` with N processes both trainers take N x that many pairs per step."),
+        "Under `accelerate launch` with N processes both trainers take N x that many pairs per step.",
+    ),
     Row("gradient_accumulation_steps", ("gradient_accumulation_steps",), "Same."),
     Row("epochs", ("num_train_epochs",), "Same."),
     Row("max_steps", ("max_steps",), "None -> -1 (TRL's 'not set')."),
-    Row("warmup_steps", ("warmup_steps", "lr_scheduler_type"),
+    Row(
+        "warmup_steps",
+        ("warmup_steps", "lr_scheduler_type"),
         'Linear warm-up, then linear decay to 0 (lr_scheduler_type="linear", TRL\'s default too). A TRL warmup_steps '
         "below 1 is a fraction of the steps; dpo-edu caps the warm-up at the run's length less one step (a one-step "
-        "run then trains at the full rate instead of 0), TRL does not."),
+        "run then trains at the full rate instead of 0), TRL does not.",
+    ),
     Row("max_grad_norm", ("max_grad_norm",), "Same (clip the total norm; TRL logs it as grad_norm too)."),
-    Row("max_length", ("max_length", "truncation_mode"),
+    Row(
+        "max_length",
+        ("max_length", "truncation_mode"),
         'truncation_mode="keep_start" (TRL 1.16\'s only non-deprecated mode): prompt + response are cut at '
         "max_length, keeping the start, as dpo-edu cuts the response's end. TRL drops a pair whose prompt alone fills "
-        "max_length; dpo-edu cannot get one (max_prompt_length < max_length)."),
-    Row("max_prompt_length", (),
+        "max_length; dpo-edu cannot get one (max_prompt_length < max_length).",
+    ),
+    Row(
+        "max_prompt_length",
+        (),
         "No DPOConfig field in TRL 1.16: TRL never shortens a prompt, dpo-edu keeps a long prompt's last "
-        "max_prompt_length tokens. The runs agree when no prompt is longer; else shorten the prompts first."),
-    Row("mixed_precision", ("bf16", "fp16", "use_cpu"),
-        '"no" -> bf16=False, fp16=False; "bf16" -> bf16=True; "fp16" -> fp16=True; "auto" is resolved on this '
-        "machine first (bf16 on a GPU or CPU that has it, fp16 on other GPUs, else no). TRL's bf16 defaults to True "
+        "max_prompt_length tokens. The runs agree when no prompt is longer; else shorten the prompts first.",
+    ),
+    Row(
+        "mixed_precision",
+        ("bf16", "fp16", "use_cpu"),
+        '"fp32" -> bf16=False, fp16=False; "bf16" -> bf16=True; "fp16" -> fp16=True; "auto" is resolved on this '
+        "machine first (bf16 on a GPU or CPU that has it, fp16 on other GPUs, else fp32). TRL's bf16 defaults to True "
         "when fp16 is not set. Where the course trains on the CPU, use_cpu=True: TRL then trains there too, and "
-        "takes bf16 there (without it, it refuses bf16 on a machine with no bf16 GPU)."),
-    Row("gradient_checkpointing", ("activation_checkpointing", "gradient_checkpointing"),
+        "takes bf16 there (without it, it refuses bf16 on a machine with no bf16 GPU).",
+    ),
+    Row(
+        "gradient_checkpointing",
+        ("activation_checkpointing", "gradient_checkpointing"),
         "Defaults differ: TRL True, the course False. transformers 5.25 calls it activation_checkpointing "
         "(gradient_checkpointing, the name TRL's docs use, is its deprecated alias, gone in v6); `to_dpo_config` "
-        "sets whichever name the installed transformers has."),
-    Row("use_chat_template", (),
+        "sets whichever name the installed transformers has.",
+    ),
+    Row(
+        "use_chat_template",
+        (),
         "No field: TRL applies the chat template to conversational rows (lists of messages), not to strings. "
         "Its tokens then differ from dpo-edu's (TRL renders prompt + response as one conversation with the template's "
         "end-of-turn tokens; dpo-edu renders the prompt with the generation prompt, then response + EOS). "
         "Plain strings (use_chat_template=False) tokenise the same unless the prompt ends in whitespace: dpo-edu then "
-        "strips the response's leading whitespace, TRL keeps it."),
+        "strips the response's leading whitespace, TRL keeps it.",
+    ),
     Row("odpo_alpha", (), "ODPO's offset has no TRL 1.16 field (ValueError when set)."),
     Row("odpo_score_scale", (), "ODPO only."),
-    Row("seed", ("seed", "train_sampling_strategy"),
-        'Same field, not the same shuffle of the pairs; train_sampling_strategy="sequential" turns TRL\'s off.'),
-    Row("(always)", ("precompute_ref_log_probs",),
+    Row(
+        "seed",
+        ("seed", "train_sampling_strategy"),
+        'Same field, not the same shuffle of the pairs; train_sampling_strategy="sequential" turns TRL\'s off.',
+    ),
+    Row(
+        "(always)",
+        ("precompute_ref_log_probs",),
         "dpo-edu computes the reference log-probs once, before the first step: precompute_ref_log_probs=True "
-        "(TRL's default False runs the reference model at every step)."),
+        "(TRL's default False runs the reference model at every step).",
+    ),
     Row("(always)", ("logging_steps",), "One metrics record per optimizer step: logging_steps=1 (TRL's default 10)."),
-    Row("(always)", ("optim", "adam_beta1", "adam_beta2", "adam_epsilon"),
+    Row(
+        "(always)",
+        ("optim", "adam_beta1", "adam_beta2", "adam_epsilon"),
         "AdamW with torch's defaults (betas 0.9, 0.999, eps 1e-8), fused: the Trainer's defaults "
-        '(optim="adamw_torch_fused" with torch >= 2.8).'),
-    Row("(always)", (),
+        '(optim="adamw_torch_fused" with torch >= 2.8).',
+    ),
+    Row(
+        "(always)",
+        (),
         "Tokens: EOS after each response, and scored, in both (TRL appends eos_token to string responses). A pair "
         "whose prompt tokens change when the response follows is skipped by dpo-edu (TokenSeamError); TRL starts "
-        "the completion where the two tokenisations diverge."),
-    Row("(always)", ("disable_dropout",),
+        "the completion where the two tokenisations diverge.",
+    ),
+    Row(
+        "(always)",
+        ("disable_dropout",),
         "dpo-edu trains with the model's own dropout (SmolLM2: attention_dropout 0.0) and computes the reference in eval mode; "
-        "TRL removes dropout by default (True). Equal for a model without dropout."),
+        "TRL removes dropout by default (True). Equal for a model without dropout.",
+    ),
 )
 
 
@@ -111,8 +161,11 @@ def untranslatable(config: TrainConfig) -> list[str]:
     if config.loss_type in ("simpo", "orpo"):
         problems.append(
             f"loss_type {config.loss_type!r} is no DPOTrainer loss type in TRL 1.16: use "
-            + ('trl.experimental.cpo.CPOTrainer with CPOConfig(loss_type="simpo", cpo_alpha=0.0, simpo_gamma=...)'
-               if config.loss_type == "simpo" else "trl.experimental.orpo.ORPOTrainer with ORPOConfig(beta=...)")
+            + (
+                'trl.experimental.cpo.CPOTrainer with CPOConfig(loss_type="simpo", cpo_alpha=0.0, simpo_gamma=...)'
+                if config.loss_type == "simpo"
+                else "trl.experimental.orpo.ORPOTrainer with ORPOConfig(beta=...)"
+            )
         )
     if config.loss_type == "sigmoid" and config.label_smoothing:
         problems.append(
@@ -141,7 +194,7 @@ def to_dpo_config(config: TrainConfig, output_dir: str | Path, **overrides: Any)
     fields = {field.name for field in dataclasses.fields(DPOConfig)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     device = get_device()
-    precision = resolve_mixed_precision(config.mixed_precision, device)
+    precision = resolve(config.mixed_precision, device)
     settings = dict(
         output_dir=str(output_dir),
         beta=config.beta,

@@ -1,4 +1,5 @@
 """Device choice, seeding, and the small helpers every notebook opens with."""
+
 from __future__ import annotations
 
 import contextlib
@@ -48,7 +49,9 @@ def _named_device(name: str, source: str) -> torch.device:
     try:
         device = torch.device(name.strip().lower())
     except RuntimeError:
-        raise ValueError(f"{where} is not a device name; accepted: {', '.join(DEVICE_NAMES)} (usable here: {_usable_devices()})") from None
+        raise ValueError(
+            f"{where} is not a device name; accepted: {', '.join(DEVICE_NAMES)} (usable here: {_usable_devices()})"
+        ) from None
     present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _mps_available()}.get(device.type, False)
     if device.type == "cuda" and device.index is not None:
         present = present and device.index < torch.cuda.device_count()
@@ -66,71 +69,6 @@ def _usable_devices() -> str:
     if _mps_available():
         usable.append("mps")
     return ", ".join(usable)
-
-
-CPU_BF16_ENV_VAR = "DPO_EDU_CPU_BF16"
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast pays off.
-
-    Elsewhere (e.g. a CPU with AVX2 only) bf16 is emulated and many times slower than fp32.
-    $DPO_EDU_CPU_BF16 overrides the probe, to test the precision path this CPU does not take: "1" behaves as a CPU
-    with bf16 (so "auto" picks bf16, emulated where the hardware lacks it), "0" as one without; unset or empty: probe.
-    """
-    setting = os.environ.get(CPU_BF16_ENV_VAR, "")
-    if setting:
-        if setting not in ("0", "1"):
-            raise ValueError(f"${CPU_BF16_ENV_VAR} is {setting!r}: set it to 1 (behave as a CPU with bf16), "
-                             "0 (as one without), or unset it (probe the hardware)")
-        return setting == "1"
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(probe() for probe in probes if probe is not None)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The 16-bit type mixed precision uses on `device`, or None for float32 throughout.
-
-    bf16 on GPUs that have it, fp16 on other GPUs (a T4) and on MPS; bf16 on CPUs
-    that multiply it in hardware (AVX512-BF16 or AMX); None on other CPUs, where
-    bf16 is emulated and slower than float32.
-    """
-    if device.type == "cuda":
-        # without including_emulation=False a T4 reports bf16 "supported" (emulated, slow)
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    if device.type == "cpu" and cpu_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def precision_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype of `precision` on `device`: "auto" as `autocast_dtype` picks (float32 on MPS,
-    where the course has not measured autocast), "fp32" None, "bf16"/"fp16" that type."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return None if device.type == "mps" else autocast_dtype(device)
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """"bf16", "fp16" or "fp32" for an autocast dtype (None: float32 throughout)."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-
-
-def autocast(device: torch.device, precision: str = "auto"):
-    """torch.autocast for `precision` on `device` (see `precision_dtype`); a no-op context for float32.
-
-    Weights stay float32 (the master copy); matrix products run in the 16-bit
-    type; callers upcast log-probs and losses to float32.
-    """
-    dtype = precision_dtype(device, precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @contextlib.contextmanager
@@ -172,7 +110,9 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def versions(packages: tuple[str, ...] = ("dpo-edu", "torch", "transformers", "sympy", "numpy", "matplotlib")) -> dict[str, str]:
+def versions(
+    packages: tuple[str, ...] = ("dpo-edu", "torch", "transformers", "sympy", "numpy", "matplotlib"),
+) -> dict[str, str]:
     """Installed versions of the packages the course depends on (and Python's)."""
     found = {"python": platform.python_version()}
     for package in packages:

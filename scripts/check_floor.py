@@ -120,7 +120,7 @@ def run_course(work: Path) -> None:
     # float32, as the fingerprints: on a CPU with bf16 "auto" would train in bf16; checkpointing: the floor has only
     # its old names (gradient_checkpointing_enable), the installed transformers the new ones
     config = TrainConfig(batch_size=2, max_steps=1, warmup_steps=0, max_length=32, max_prompt_length=16,
-                         mixed_precision="no", gradient_checkpointing=True)
+                         mixed_precision="fp32", gradient_checkpointing=True)
     history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False)
     if not torch.isfinite(torch.tensor(history[0]["loss"])):
         raise AssertionError("the DPO step's loss is not finite")

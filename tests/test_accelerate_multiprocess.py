@@ -29,7 +29,7 @@ WORKER = Path(__file__).with_name("accelerate_worker.py")
 B = 4  # pairs per process per step (2 processes) = pairs per micro-batch (1 process)
 STEPS = 3
 COMMON = dict(learning_rate=5e-3, warmup_steps=0, epochs=2, max_steps=STEPS, max_length=48, max_prompt_length=16,
-              mixed_precision="no", seed=3)  # 16 pairs / (2 * 4) = 2 steps per epoch: step 3 is in the second epoch
+              mixed_precision="fp32", seed=3)  # 16 pairs / (2 * 4) = 2 steps per epoch: step 3 is in the second epoch
 PARAM_TOL = 1e-5
 METRIC_TOL = 1e-6
 COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -51,7 +51,7 @@ def free_port() -> int:
 def start(out: Path, config: dict, processes: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "DPO_EDU_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must make the processes talk (train._accelerator: cpu=True)
+    env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must make the processes talk (train.make_accelerator: cpu=True)
     script = [str(WORKER), "--config", json.dumps(config), "--out", str(out), "--processes", str(processes)]
     if processes == 1:
         command = [sys.executable, *script]

@@ -109,7 +109,7 @@ def _config(**overrides):
     from dpo_edu.train import TrainConfig
 
     settings = dict(beta=0.1, learning_rate=5e-3, batch_size=2, epochs=1, warmup_steps=0, max_length=32, max_prompt_length=16,
-                    use_chat_template=False, mixed_precision="no", seed=0)
+                    use_chat_template=False, mixed_precision="fp32", seed=0)
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -136,9 +136,9 @@ def test_train_variant_dpo_round_and_evaluate(tiny, graded_rewards):
     evaluation = dict(max_new_tokens=6, batch_size=8)
     baseline = beyond.heldout_baseline(reference, tokenizer, PROMPTS, seed=3, **evaluation)
     assert len(baseline["rewards"]) == len(PROMPTS) and all(1 <= n <= 6 for n in baseline["lengths"])
-    same = beyond.evaluate(reference, None, tokenizer, PROMPTS, baseline, seed=4, **evaluation)
+    same = beyond.evaluate_variant(reference, None, tokenizer, PROMPTS, baseline, seed=4, **evaluation)
     assert same["kl"] == 0.0 and 0 <= same["length_at_limit"] <= 1 and 1 <= same["length_mean"] <= 6
-    moved = beyond.evaluate(policy, reference, tokenizer, PROMPTS, baseline, seed=4, **evaluation)
+    moved = beyond.evaluate_variant(policy, reference, tokenizer, PROMPTS, baseline, seed=4, **evaluation)
     assert moved["kl"] != 0.0
 
 

@@ -114,6 +114,19 @@ def test_resume_refuses_another_config_or_a_missing_checkpoint(tokenizer, tmp_pa
                   checkpoint_dir=tmp_path / "nothing", resume=True)
 
 
+def test_a_checkpoint_that_names_float32_as_accelerate_does_still_resumes(tokenizer, tmp_path, tiny_model):
+    """Checkpoints written before dpo_edu.precision recorded float32 as accelerate's "no"; the course now says "fp32"."""
+    config = TrainConfig(**{**CONFIG, "epochs": 1, "mixed_precision": "fp32"})
+    history = train_dpo(tiny_model(), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path)
+    (state_path,) = tmp_path.glob("step-*/trainer_state.json")
+    state = json.loads(state_path.read_text())
+    state["config"]["mixed_precision"] = "no"
+    state_path.write_text(json.dumps(state))
+    resumed = train_dpo(tiny_model(), tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path,
+                        resume=True)
+    assert without_timing(resumed) == without_timing(history)
+
+
 def test_long_prompts_are_cut_and_seam_breaking_pairs_skipped_and_both_counted(tokenizer, tiny_model):
     long_prompt = {"prompt": "word " * 60 + "end:", "chosen": " good.", "rejected": " bad."}
     seam = {"prompt": "It was", "chosen": "n't good", "rejected": " fine"}

@@ -11,7 +11,7 @@ from dpo_edu.train import TrainConfig, train_dpo
 from conftest import REVIEW_PAIRS
 
 CONFIG = TrainConfig(beta=0.5, learning_rate=5e-3, batch_size=4, epochs=1, warmup_steps=0, max_length=16,
-                     max_prompt_length=8, mixed_precision="no", use_chat_template=False, seed=0)
+                     max_prompt_length=8, mixed_precision="fp32", use_chat_template=False, seed=0)
 
 
 def run_fault(tokenizer, tinier_model, tmp_path, fault, steps=3):
@@ -125,4 +125,4 @@ def test_clinic_config_reads_the_profile():
     profile = get_profile("smoke")
     config = clinic.clinic_config(profile, epochs=1)
     assert (config.beta, config.batch_size, config.epochs, config.mixed_precision) == (
-        profile.clinic_beta, profile.clinic_batch_size, 1, "no")
+        profile.clinic_beta, profile.clinic_batch_size, 1, "fp32")

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from dpo_edu.config import PROFILES, get_profile
-from dpo_edu.utils import autocast_dtype, get_device, seed_everything, versions
+from dpo_edu.precision import autocast_dtype
+from dpo_edu.utils import get_device, seed_everything, versions
 
 
 def test_profile_from_environment(monkeypatch):
@@ -33,7 +34,7 @@ def test_device_override_and_default(monkeypatch):
     monkeypatch.delenv("DPO_EDU_DEVICE")
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert get_device().type == expected
-    from dpo_edu.utils import cpu_bf16_supported
+    from dpo_edu.precision import cpu_bf16_supported
 
     assert autocast_dtype(torch.device("cpu")) is (torch.bfloat16 if cpu_bf16_supported() else None)
 
@@ -83,7 +84,7 @@ def test_cpu_bf16_follows_the_hardware_probes(monkeypatch):
     """bf16 autocast on a CPU pays off only with AVX512-BF16 or AMX; an AVX2-only CPU emulates it, many times slower."""
     import torch
 
-    from dpo_edu.utils import cpu_bf16_supported
+    from dpo_edu.precision import cpu_bf16_supported
 
     monkeypatch.delenv("DPO_EDU_CPU_BF16", raising=False)  # the hardware's answer, not a forced one
     for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
@@ -95,8 +96,7 @@ def test_cpu_bf16_follows_the_hardware_probes(monkeypatch):
 @pytest.mark.parametrize("setting, bf16", [("1", True), ("0", False)])
 def test_cpu_bf16_can_be_forced_either_way_to_test_the_other_path(monkeypatch, setting, bf16):
     """$DPO_EDU_CPU_BF16 overrides the probes, so "auto" takes the path of the other kind of CPU."""
-    from dpo_edu.train import resolve_mixed_precision
-    from dpo_edu.utils import cpu_bf16_supported, precision_dtype
+    from dpo_edu.precision import accelerate_mixed_precision, cpu_bf16_supported, precision_dtype
 
     monkeypatch.setenv("DPO_EDU_CPU_BF16", setting)
     cpu = torch.device("cpu")
@@ -105,15 +105,13 @@ def test_cpu_bf16_can_be_forced_either_way_to_test_the_other_path(monkeypatch, s
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: hardware, raising=False)
         assert cpu_bf16_supported() is bf16
         assert precision_dtype(cpu, "auto") is (torch.bfloat16 if bf16 else None)
-        assert resolve_mixed_precision("auto", cpu) == ("bf16" if bf16 else "no")
+        assert accelerate_mixed_precision("auto", cpu) == ("bf16" if bf16 else "no")
     monkeypatch.setenv("DPO_EDU_CPU_BF16", "")  # empty: as if unset, the probes decide (the last ones said no)
     assert cpu_bf16_supported() is False
 
 
 @pytest.mark.parametrize("value", ["yes", "true", "2", " 1", "bf16"])
 def test_a_bad_cpu_bf16_setting_fails_in_one_line_naming_the_variable(monkeypatch, value):
-    from dpo_edu.utils import autocast_dtype
-
     monkeypatch.setenv("DPO_EDU_CPU_BF16", value)
     with pytest.raises(ValueError, match=r"^\$DPO_EDU_CPU_BF16 is '[^']*': set it to 1 \(behave as a CPU with bf16\), "
                                          r"0 \(as one without\), or unset it \(probe the hardware\)$"):

@@ -21,7 +21,7 @@ FULL_RUN = Path(__file__).resolve().parent.parent / "docs" / "full_dpo_run" / "m
 PAIRS = REVIEW_PAIRS
 # 8 pairs in batches of 4 for 3 epochs: 6 optimizer steps
 BASE = dict(beta=0.5, learning_rate=5e-3, batch_size=4, epochs=3, warmup_steps=1, max_length=16, max_prompt_length=8,
-            mixed_precision="no", use_chat_template=False, seed=0)
+            mixed_precision="fp32", use_chat_template=False, seed=0)
 
 
 def found(diagnosis) -> dict[str, str]:

@@ -118,6 +118,15 @@ def test_make_test_runs_the_floor_check():
     assert re.search(r"install .*--no-deps --target \$\(FLOOR\) \$\(FLOOR_PACKAGES\)", makefile), "the floor goes into its own folder, without a second torch"
 
 
+def test_make_test_lints_the_package_first():
+    makefile = (ROOT / "Makefile").read_text()
+    test_rule = re.search(r"^test:(.*)$", makefile, re.M).group(1).split()
+    assert "lint" in test_rule and test_rule.index("lint") < test_rule.index("test-floor")
+    lint_recipe = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert "ruff check dpo_edu" in lint_recipe and "ruff format --check dpo_edu" in lint_recipe
+    assert "[tool.ruff]" in (ROOT / "pyproject.toml").read_text() and "ruff==" in (ROOT / "requirements/lock.txt").read_text()
+
+
 def dry_run_lab(tmp_path, uid: int) -> str:
     """The commands `make lab` would run for a user with this uid (a stand-in `id` on PATH)."""
     fake = tmp_path / "bin"

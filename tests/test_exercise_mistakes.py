@@ -40,7 +40,6 @@ RIGHT = [
     (ex.check_00_sign_bugs, "computed set", step_one_losses_equal_ln2()),
     (ex.check_00_sign_bugs, "list of capitals", [label.upper() for label in sorted(step_one_losses_equal_ln2())]),
     (ex.check_07_odpo_loss, "offset inside", lambda pc, pr, rc, rr, b, o: -F.logsigmoid(dpo_margin(pc, pr, rc, rr, b) - o)),
-    (ex.check_07_offset, "floored gap", lambda w, l, a: a * torch.log((w - l).clamp_min(1e-3))),
 ]
 
 
@@ -67,11 +66,6 @@ WRONG = [
     (ex.check_07_odpo_loss, "offset added", lambda pc, pr, rc, rr, b, o: -F.logsigmoid(dpo_margin(pc, pr, rc, rr, b) + o)),
     (ex.check_07_odpo_loss, "offset ignored", lambda pc, pr, rc, rr, b, o: -F.logsigmoid(dpo_margin(pc, pr, rc, rr, b))),
     (ex.check_07_odpo_loss, "offset scaled by beta", lambda pc, pr, rc, rr, b, o: -F.logsigmoid(b * ((pc - rc) - (pr - rr) - o))),
-    (ex.check_07_offset, "forgotten return", returns_none),
-    (ex.check_07_offset, "no floor", lambda w, l, a: a * torch.log(w - l)),
-    (ex.check_07_offset, "floor after the log", lambda w, l, a: (a * torch.log(w - l)).clamp_min(math.log(1e-3))),
-    (ex.check_07_offset, "1e-3 added to the gap", lambda w, l, a: a * torch.log(w - l + 1e-3)),
-    (ex.check_07_offset, "alpha inside the log", lambda w, l, a: torch.log(a * (w - l).clamp_min(1e-3))),
 ]
 
 # Pieces of the answer that a hint must not print.

@@ -63,7 +63,7 @@ def fitted(tokenizer, tinier_model):
     from dpo_edu.train import train_dpo
 
     config = TrainConfig(beta=0.5, learning_rate=1e-2, batch_size=2, epochs=3, warmup_steps=0, max_length=16,
-                         max_prompt_length=8, mixed_precision="no", use_chat_template=False, seed=0)
+                         max_prompt_length=8, mixed_precision="fp32", use_chat_template=False, seed=0)
     reference, policy = tinier_model(), tinier_model()
     train_dpo(policy, tokenizer, REVIEW_PAIRS[:6], config, progress=False, log=None)
     return policy, tokenizer, REVIEW_PAIRS[:6], REVIEW_PAIRS[6:], reference, config

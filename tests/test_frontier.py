@@ -258,6 +258,25 @@ def test_bad_betas_are_one_line_on_the_command_line(betas, tmp_path, capsys):
     assert exit_.value.code == 2 and "--betas" in capsys.readouterr().err and not (tmp_path / "never").exists()
 
 
+def test_eval_steps_reach_the_sweep_from_the_command_line(tmp_path, monkeypatch):
+    """`--eval-steps 4,24` is notebook 07's sweep from a terminal (docs/frontier/odpo/README.md gives the command)."""
+    from dpo_edu import frontier as frontier_module
+
+    seen = {}
+    monkeypatch.setattr(frontier_module, "frontier", lambda *args, **kwargs: seen.update(kwargs))
+    assert main(["frontier", "--profile", "smoke", "--out", str(tmp_path / "f"), "--eval-steps", "4,24"]) == 0
+    assert seen["eval_steps"] == [4, 24]
+    assert main(["frontier", "--profile", "smoke", "--out", str(tmp_path / "g")]) == 0
+    assert seen["eval_steps"] is None  # the profile's
+
+
+@pytest.mark.parametrize("steps", ["8,0", "8,x", ",", "2.5"])
+def test_bad_eval_steps_are_one_line_on_the_command_line(steps, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["frontier", "--profile", "smoke", "--out", str(tmp_path / "never"), "--eval-steps", steps])
+    assert exit_.value.code == 2 and "--eval-steps" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
 def test_the_last_checkpoints_of_seeds_with_different_run_lengths_are_pooled_together():
     """Seed 0 has 47 steps and seed 1 48 (its pairs differ in number): both last checkpoints make one point."""
     rows = (curve(0, "dpo", (0.0, 1.0, 2.0), ((0.0,), (0.1,), (0.3,)), beta=0.1)

@@ -6,27 +6,17 @@ import pytest
 import torch
 
 from dpo_edu.evaluate import completion_logps, evaluate_policy, log_ratios, mean_and_se, win_rate
-from dpo_edu.generation import Samples, make_pairs, sample_completions, write_jsonl
+from dpo_edu.data import write_jsonl
+from dpo_edu.generation import Samples, make_pairs, sample_completions
 from dpo_edu.logprobs import sequence_logprobs_plain
 
 PROMPTS = ["Bring tissues to Velvet Summer, because", "The best thing I can say about Iron Tide is that", "Let me be honest:"]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from dpo_edu.models import load_tokenizer
-
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
-    return LlamaForCausalLM(config).eval()
+def model(tiny_model):
+    """tests/conftest.py's tiny Llama (seed 0), in eval mode, shared by this module's tests."""
+    return tiny_model().eval()
 
 
 def test_sampling_is_seeded_ordered_by_prompt_and_stops_at_eos(model, tokenizer):

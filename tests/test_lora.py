@@ -10,7 +10,7 @@ pytest.importorskip("peft", reason="LoRA needs peft (pip install peft)")
 
 from dpo_edu.checkpoint import load_latest  # noqa: E402
 from dpo_edu.lora import add_lora, is_peft_model, merged, trainable_parameters  # noqa: E402
-from dpo_edu.train import TrainConfig, compute_reference_logps, pair_logps, train_dpo, usable_examples  # noqa: E402
+from dpo_edu.train import TrainConfig, compute_pair_logps, pair_logps, train_dpo, usable_examples  # noqa: E402
 
 EXAMPLES = [
     {"prompt": f"Review {i}:", "chosen": f" lovely film number {i}, warm and funny.", "rejected": f" dull film {i}."}
@@ -19,7 +19,7 @@ EXAMPLES = [
 # 10 pairs / 4 = 3 steps (the last one short); LoRA takes a larger learning rate than full fine-tuning; float32, as
 # the expectations below are (the reference bit for bit, merged weights within float32 rounding)
 CONFIG = dict(learning_rate=1e-2, batch_size=4, gradient_accumulation_steps=2, epochs=1, warmup_steps=0,
-              max_length=48, max_prompt_length=16, mixed_precision="no", seed=5)
+              max_length=48, max_prompt_length=16, mixed_precision="fp32", seed=5)
 RANK = 4
 MERGE_TOLERANCE = 1e-4  # nats per sequence: merging W + s*B@A changes fp32 rounding, nothing else
 
@@ -88,7 +88,7 @@ def test_train_dpo_takes_the_reference_of_a_trained_adapter_from_the_base_model(
     model = copy.deepcopy(trained[0])
     config = TrainConfig(**{**CONFIG, "max_steps": 1})
     history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None, checkpoint_dir=tmp_path)
-    expected = compute_reference_logps(tiny_model(), tokenizer, EXAMPLES, config)  # same loader, plain base model
+    expected = compute_pair_logps(tiny_model(), tokenizer, EXAMPLES, config)  # same loader, plain base model
     saved = load_latest(tmp_path, config).reference
     assert torch.equal(saved[0], expected[0]) and torch.equal(saved[1], expected[1])
     assert abs(history[0]["rewards/margins"]) > 1e-4  # the policy already differs from its reference at step 1

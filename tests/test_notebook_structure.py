@@ -16,7 +16,7 @@ NOTEBOOKS = sorted(
     path for path in (ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb")
     if re.fullmatch(r"\d\d[a-z]?_\w+\.ipynb", path.name)
 )
-# Notebooks whose code lines fit a JupyterLab cell: at most MAX_CODE_LINE characters (07 to follow, with its re-run).
+# Notebooks whose code lines fit a JupyterLab cell: at most MAX_CODE_LINE characters.
 WRAPPED_NOTEBOOKS = [
     "00_welcome.ipynb",
     "01_bradley_terry.ipynb",
@@ -27,6 +27,7 @@ WRAPPED_NOTEBOOKS = [
     "05_bandit.ipynb",
     "05b_appendix_bandit.ipynb",
     "06_full_dpo_run.ipynb",
+    "07_odpo.ipynb",
     "08_beyond.ipynb",
     "09_clinic.ipynb",
     "10_rlhf.ipynb",

@@ -242,7 +242,9 @@ def test_a_failing_reward_loses_no_samples_and_a_failed_report_resumes(tmp_path,
     def disk_full(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(run_module, "markdown_report", disk_full)
+    from dpo_edu import stages  # write_report writes report.md
+
+    monkeypatch.setattr(stages, "markdown_report", disk_full)
     with pytest.raises(OSError, match="disk full"):
         main(resume)
     assert (out / "policy" / "model.safetensors").is_file() and (out / "checkpoints").is_dir()

@@ -13,7 +13,7 @@ from dpo_edu.reward_model import (RewardConfig, RewardModelFunction, bradley_ter
 from dpo_edu.rewards import checked_rewards
 from dpo_edu.train import TrainingStopped
 
-FP32 = dict(mixed_precision="no")
+FP32 = dict(mixed_precision="fp32")
 
 
 def test_bad_settings_fail_in_one_line_naming_each_field():

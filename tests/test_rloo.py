@@ -14,7 +14,7 @@ from dpo_edu.rloo import RLOOConfig, leave_one_out_advantages, rloo_loss, sample
 from dpo_edu.sft import SFTConfig, train_sft
 
 PROMPTS = ["Review:", "Verdict?", "Was it good?", "The plot:"]
-SETTINGS = dict(beta=0.0, k=4, prompts_per_step=4, steps=6, max_new_tokens=3, learning_rate=1e-2, mixed_precision="no")
+SETTINGS = dict(beta=0.0, k=4, prompts_per_step=4, steps=6, max_new_tokens=3, learning_rate=1e-2, mixed_precision="fp32")
 
 
 def goods(prompts, completions, **kwargs):
@@ -27,7 +27,7 @@ def two_word_weights(tokenizer):
 
     model = tiny_llama(len(tokenizer), hidden_size=16, layers=1)
     examples = [{"prompt": prompt, "chosen": reply} for prompt in PROMPTS for reply in (" good good", " bad bad")]
-    train_sft(model, tokenizer, examples, SFTConfig(learning_rate=3e-2, epochs=20, mixed_precision="no"), log=None)
+    train_sft(model, tokenizer, examples, SFTConfig(learning_rate=3e-2, epochs=20, mixed_precision="fp32"), log=None)
     return model.state_dict()
 
 

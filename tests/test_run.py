@@ -46,13 +46,13 @@ def test_metrics_and_summary_agree_and_start_from_the_reference(run_dir):
 
 
 def test_the_run_records_its_arithmetic(run_dir):
-    from dpo_edu.utils import cpu_bf16_supported
+    from dpo_edu.precision import cpu_bf16_supported
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["precision"] == ("bf16" if cpu_bf16_supported() else "fp32")
     assert summary["train_config"]["mixed_precision"] == "auto"
     assert json.loads((run_dir / MARKER).read_text())["precision"] == "auto"
-    expected = "bf16 autocast, float32 weights and log-probs" if cpu_bf16_supported() else "Arithmetic: float32."
+    expected = "bf16 autocast (float32 weights and log-probs)" if cpu_bf16_supported() else "Arithmetic: float32."
     assert expected in (run_dir / "report.md").read_text(encoding="utf-8")
 
 
@@ -88,10 +88,10 @@ def test_an_existing_run_is_never_overwritten_without_the_flag(run_dir, capsys):
 
 def test_ctrl_c_then_resume_gives_the_uninterrupted_run(run_dir, tmp_path, monkeypatch, capsys, ctrl_c):
     """Ctrl-C during training saves a checkpoint (exit code 130); --resume finishes with the same metrics and report."""
-    from dpo_edu import run as run_module
+    from dpo_edu import stages  # train_stage calls train_dpo
 
     out = tmp_path / "interrupted"
-    put_back = ctrl_c(run_module, step=2)
+    put_back = ctrl_c(stages, step=2)
     assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
     error = capsys.readouterr().err
     assert "interrupted after step 2" in error and f"dpo-edu run --out {out} --resume" in error
@@ -130,8 +130,10 @@ def test_double_ctrl_c_a_damaged_checkpoint_and_resuming_from_the_pairs(run_dir,
     named before the model loads; without the checkpoint, --resume trains again from the saved pairs."""
     from dpo_edu import run as run_module
 
+    from dpo_edu import stages  # train_stage calls train_dpo
+
     out = tmp_path / "twice"
-    put_back = ctrl_c(run_module, step=3, times=2)  # the first: finish the step and save; the second: stop now
+    put_back = ctrl_c(stages, step=3, times=2)  # the first: finish the step and save; the second: stop now
     assert main(["run", "--profile", "smoke", "--out", str(out), "--quiet"]) == 130
     error = capsys.readouterr().err
     assert "step-000002" in error and "--resume" in error and "--overwrite" not in error

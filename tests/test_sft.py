@@ -6,7 +6,7 @@ from conftest import REVIEW_PAIRS
 from dpo_edu.data import tokenize_pair
 from dpo_edu.sft import SFTConfig, response_nll, sft_rows, train_sft
 
-FP32 = dict(mixed_precision="no")
+FP32 = dict(mixed_precision="fp32")
 
 
 def test_bad_settings_fail_in_one_line():

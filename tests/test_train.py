@@ -44,7 +44,7 @@ def test_gradient_accumulation_matches_one_big_batch(tokenizer):
     for accumulation in (1, 2):
         model = tiny_model(tokenizer, seed=1)
         config = TrainConfig(learning_rate=1e-3, batch_size=4, gradient_accumulation_steps=accumulation, max_steps=1,
-                             warmup_steps=0, max_length=64, max_prompt_length=48, mixed_precision="no", seed=3)
+                             warmup_steps=0, max_length=64, max_prompt_length=48, mixed_precision="fp32", seed=3)
         history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False)
         assert len(history) == 1
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
@@ -67,7 +67,8 @@ def test_same_seed_same_metrics(tokenizer):
         ({"loss_type": 3}, r"loss_type must be a string, got 3"),
         ({"sft_weight": -0.5}, r"sft_weight must be >= 0, got -0.5"),
         ({"loss_type": "simpo", "simpo_gamma": -1.0}, r"simpo_gamma must be >= 0"),
-        ({"mixed_precision": "fp8"}, "not one of: auto, no, fp16, bf16"),
+        ({"mixed_precision": "fp8"}, "not one of: auto, fp32, bf16, fp16"),
+        ({"mixed_precision": "no"}, "not one of: auto, fp32, bf16, fp16 \\(accelerate's 'no' is the course's 'fp32'\\)"),
         ({"batch_size": 6, "gradient_accumulation_steps": 4}, "multiple of gradient_accumulation_steps"),
         ({"max_prompt_length": 200, "max_length": 128}, "max_prompt_length"),
         ({"odpo_alpha": -1.0}, "odpo_alpha must be None"),
@@ -113,10 +114,10 @@ ODPO_CONFIG = dict(learning_rate=1e-3, batch_size=2, epochs=2, warmup_steps=1, m
 
 
 def test_precomputed_reference_logps_give_the_same_run(tokenizer):
-    from dpo_edu.train import compute_reference_logps
+    from dpo_edu.train import compute_pair_logps
 
     config = TrainConfig(**ODPO_CONFIG)
-    reference = compute_reference_logps(tiny_model(tokenizer, seed=2), tokenizer, EXAMPLES, config)
+    reference = compute_pair_logps(tiny_model(tokenizer, seed=2), tokenizer, EXAMPLES, config)
     assert reference[0].shape == reference[1].shape == (len(EXAMPLES),)
     computed = train_dpo(tiny_model(tokenizer, seed=2), tokenizer, EXAMPLES, config, progress=False)
     reused = train_dpo(tiny_model(tokenizer, seed=2), tokenizer, EXAMPLES, config, progress=False, reference=reference)
@@ -156,7 +157,7 @@ UNEVEN = EXAMPLES + [
 ]
 
 
-@pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_first_step_is_ln2_exactly_in_bf16_too(tokenizer, precision):
     """The reference log-probs come from the batches of step 1 themselves: the same rows, padding and arithmetic."""
     config = TrainConfig(beta=0.1, learning_rate=1e-3, batch_size=2, max_steps=2, warmup_steps=0, max_length=64,
@@ -177,14 +178,13 @@ def test_bf16_autocast_keeps_float32_master_weights_and_losses(tokenizer):
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
-    from dpo_edu import utils
-    from dpo_edu.train import resolve_mixed_precision
+    from dpo_edu import precision
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(utils, "cpu_bf16_supported", lambda: True)
-    assert resolve_mixed_precision("auto", cpu) == "bf16" and utils.precision_dtype(cpu, "fp32") is None
-    monkeypatch.setattr(utils, "cpu_bf16_supported", lambda: False)
-    assert resolve_mixed_precision("auto", cpu) == "no" and resolve_mixed_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    assert precision.resolve("auto", cpu) == "bf16" and precision.precision_dtype(cpu, "fp32") is None
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
+    assert precision.resolve("auto", cpu) == "fp32" and precision.resolve("bf16", cpu) == "bf16"
 
 
 # ---- the variants through the trainer ----
@@ -222,7 +222,7 @@ def test_the_trainer_passes_response_lengths(tokenizer):
     import torch.nn.functional as F
 
     config = TrainConfig(loss_type="simpo", beta=2.0, simpo_gamma=0.5, batch_size=4, max_steps=1, warmup_steps=0,
-                         max_length=64, max_prompt_length=48, mixed_precision="no")  # `expected` is float32
+                         max_length=64, max_prompt_length=48, mixed_precision="fp32")  # `expected` is float32
     model = tiny_model(tokenizer, seed=4)
     features = [tokenize_preference(tokenizer, example, max_length=64, max_prompt_length=48) for example in EXAMPLES]
     batch = collate_preferences(features, pad_token_id(tokenizer))
@@ -303,7 +303,7 @@ def test_the_sparse_embedding_gradient_is_on_while_training_and_changes_no_numbe
             monkeypatch.setattr(train, "sparse_embedding_gradient", lambda model: contextlib.nullcontext())
         model = tiny_model(tokenizer, seed=5)
         config = TrainConfig(learning_rate=1e-3, batch_size=2, epochs=2, warmup_steps=1, max_length=64, max_prompt_length=48,
-                             gradient_accumulation_steps=2, mixed_precision="no")
+                             gradient_accumulation_steps=2, mixed_precision="fp32")
         history = train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None,
                             on_step=lambda record: {"sparse": model.get_input_embeddings().sparse})
         runs.append((history, torch.cat([p.detach().flatten() for p in model.parameters()])))
@@ -315,12 +315,12 @@ def test_the_sparse_embedding_gradient_is_on_while_training_and_changes_no_numbe
 
 
 def test_the_reference_pass_leaves_the_model_in_its_own_mode_after_ctrl_c(tokenizer):
-    from dpo_edu.train import compute_reference_logps
+    from dpo_edu.train import compute_pair_logps
 
     model = tiny_model(tokenizer).train()
     handle = model.register_forward_pre_hook(lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
-        compute_reference_logps(model, tokenizer, EXAMPLES, TrainConfig(max_length=64, max_prompt_length=48))
+        compute_pair_logps(model, tokenizer, EXAMPLES, TrainConfig(max_length=64, max_prompt_length=48))
     handle.remove()
     assert model.training
 
@@ -333,7 +333,7 @@ def test_a_run_of_one_step_trains_whatever_the_warm_up(tokenizer, pairs):
     model = tiny_model(tokenizer)
     before = [parameter.detach().clone() for parameter in model.parameters()]
     config = TrainConfig(learning_rate=1e-3, batch_size=4, warmup_steps=10, max_length=64, max_prompt_length=48,
-                         mixed_precision="no")
+                         mixed_precision="fp32")
     history = train_dpo(model, tokenizer, EXAMPLES[:pairs], config, progress=False, log=None)
     assert len(history) == 1 and history[0]["lr"] == 1e-3
     assert any(not torch.equal(parameter, old) for parameter, old in zip(model.parameters(), before))
@@ -367,6 +367,6 @@ def test_the_warm_up_is_capped_below_the_run_and_longer_runs_keep_their_schedule
 def test_a_model_with_every_parameter_frozen_is_refused_in_one_line(tokenizer):
     """requires_grad False everywhere (a policy frozen like a reference) stops before any work, saying so."""
     model = tiny_model(tokenizer).requires_grad_(False)
-    config = TrainConfig(learning_rate=1e-3, batch_size=2, max_length=64, max_prompt_length=48, mixed_precision="no")
+    config = TrainConfig(learning_rate=1e-3, batch_size=2, max_length=64, max_prompt_length=48, mixed_precision="fp32")
     with pytest.raises(ValueError, match=r"^no trainable parameter: requires_grad is False .*requires_grad_\(True\)"):
         train_dpo(model, tokenizer, EXAMPLES, config, progress=False, log=None)

@@ -10,8 +10,8 @@ import torch
 
 from dpo_edu import checkpoint
 from dpo_edu.data import collate_preferences, tokenize_preference
-from dpo_edu.train import (MIXED_PRECISION, StepMetrics, TrainConfig, mixed_precision_dtype, pair_logps, planned_steps,
-                           resolve_mixed_precision, sparse_embedding_gradient, train_dpo, usable_examples)
+from dpo_edu.train import (StepMetrics, TrainConfig, pair_logps, planned_steps, sparse_embedding_gradient, train_dpo,
+                           usable_examples)
 
 EXAMPLES = [
     {"prompt": f"Review {i}:", "chosen": f" lovely film number {i}, warm and funny.", "rejected": f" dull film {i}."}
@@ -41,6 +41,35 @@ def test_every_record_has_steps_total_and_the_last_step_reaches_it(tokenizer, ti
         assert {record["steps_total"] for record in records} == {steps}
     usable, _ = usable_examples(tokenizer, examples, config, log=None)
     assert planned_steps(len(usable), config) == steps
+
+
+def test_hooks_as_one_object_or_as_keywords_give_the_same_run_and_not_both(tokenizer, tinier_model, tmp_path):
+    from dpo_edu.train import TrainHooks
+
+    config = TrainConfig(**SMALL, batch_size=4)
+    by_keywords = train_dpo(tinier_model(), tokenizer, EXAMPLES, config, progress=False, log=None,
+                            metrics_path=tmp_path / "a.jsonl")
+    hooks = TrainHooks(progress=False, log=None, metrics_path=tmp_path / "b.jsonl")
+    by_object = train_dpo(tinier_model(), tokenizer, EXAMPLES, config, hooks=hooks)
+    drop_timing = [{k: v for k, v in r.items() if k != "tokens_per_second"} for r in by_keywords]
+    assert drop_timing == [{k: v for k, v in r.items() if k != "tokens_per_second"} for r in by_object]
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == len(by_object) == 2
+    with pytest.raises(TypeError, match="not both"):
+        train_dpo(tinier_model(), tokenizer, EXAMPLES, config, hooks=hooks, progress=False)
+    with pytest.raises(TypeError, match="checkpoint_evry"):
+        train_dpo(tinier_model(), tokenizer, EXAMPLES, config, checkpoint_evry=2)
+
+
+def test_the_training_loop_reads_at_once():
+    """The loop itself (`_train_steps`) stays about 40 lines; set-up and hooks live elsewhere (issue 28)."""
+    import ast
+    import inspect
+
+    from dpo_edu import train
+
+    for function, most in ((train._train_steps, 40), (train.train_dpo, 40)):
+        node = ast.parse(inspect.getsource(function)).body[0]
+        assert node.end_lineno - node.lineno + 1 <= most, function.__name__
 
 
 def test_planned_steps_counts_short_steps_shards_and_max_steps():
@@ -78,15 +107,15 @@ def test_step_metrics_are_the_mean_over_micro_batches_of_the_mean_over_pairs():
 
 @pytest.mark.parametrize("bf16_cpu", [True, False])
 def test_one_precision_mapping_for_the_accelerator_and_the_reference_pass(monkeypatch, bf16_cpu):
-    from dpo_edu import utils
+    from dpo_edu import precision
 
-    monkeypatch.setattr(utils, "cpu_bf16_supported", lambda: bf16_cpu)
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: bf16_cpu)
     cpu = torch.device("cpu")
     auto = torch.bfloat16 if bf16_cpu else None
-    expected = {"auto": auto, "no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-    assert {setting: mixed_precision_dtype(setting, cpu) for setting in MIXED_PRECISION} == expected
-    names = {None: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}
-    assert {setting: resolve_mixed_precision(setting, cpu) for setting in MIXED_PRECISION} == {
+    expected = {"auto": auto, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    assert {setting: precision.precision_dtype(cpu, setting) for setting in precision.PRECISIONS} == expected
+    names = {None: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}  # accelerate's
+    assert {setting: precision.accelerate_mixed_precision(setting, cpu) for setting in precision.PRECISIONS} == {
         setting: names[dtype] for setting, dtype in expected.items()}
 
 

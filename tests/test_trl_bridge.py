@@ -55,5 +55,5 @@ def test_an_explicit_precision_is_kept_and_float32_is_float32_everywhere(monkeyp
     config = to_dpo_config(TrainConfig(mixed_precision="bf16"), tmp_path, report_to=[])
     assert (config.bf16, config.fp16, config.use_cpu) == (True, False, True)
     machine(monkeypatch, gpu=True, gpu_bf16=True)
-    config = to_dpo_config(TrainConfig(mixed_precision="no"), tmp_path, report_to=[])
+    config = to_dpo_config(TrainConfig(mixed_precision="fp32"), tmp_path, report_to=[])
     assert (config.bf16, config.fp16, config.use_cpu) == (False, False, False)

@@ -17,7 +17,7 @@ trl = pytest.importorskip("trl")
 
 from dpo_edu.data import IGNORE_INDEX  # noqa: E402
 from dpo_edu.losses import dpo_loss  # noqa: E402
-from dpo_edu.train import TrainConfig, compute_reference_logps, train_dpo, usable_examples  # noqa: E402
+from dpo_edu.train import TrainConfig, compute_pair_logps, train_dpo, usable_examples  # noqa: E402
 from dpo_edu.trl_bridge import TRL_FIELDS, markdown_table, to_dpo_config  # noqa: E402
 from conftest import REVIEW_PAIRS  # noqa: E402
 
@@ -25,7 +25,7 @@ from conftest import REVIEW_PAIRS  # noqa: E402
 # max_length 9 cuts the end (EOS included) of 5 of the 16 rows, in both trainers; no prompt is longer than max_prompt_length.
 EXAMPLES = REVIEW_PAIRS
 BASE = dict(beta=0.5, learning_rate=5e-3, weight_decay=0.0, batch_size=8, epochs=5, warmup_steps=2, max_grad_norm=1.0,
-            max_length=9, max_prompt_length=4, mixed_precision="no", use_chat_template=False, seed=0)
+            max_length=9, max_prompt_length=4, mixed_precision="fp32", use_chat_template=False, seed=0)
 COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
@@ -86,8 +86,8 @@ def test_trl_ipo_divides_the_log_ratios_by_length(tokenizer, tiny_model, tmp_pat
     config = TrainConfig(**{**BASE, "epochs": 1}, loss_type="ipo")
     reference = tiny_model(seed=1)
     theirs = train_trl(tiny_model(), tokenizer, config, tmp_path, ref_model=reference)[0]["loss"]
-    policy_chosen, policy_rejected = compute_reference_logps(tiny_model(), tokenizer, EXAMPLES, config)
-    ref_chosen, ref_rejected = compute_reference_logps(reference, tokenizer, EXAMPLES, config)
+    policy_chosen, policy_rejected = compute_pair_logps(tiny_model(), tokenizer, EXAMPLES, config)
+    ref_chosen, ref_rejected = compute_pair_logps(reference, tokenizer, EXAMPLES, config)
     _, features = usable_examples(tokenizer, EXAMPLES, config, log=None)
     chosen_lengths, rejected_lengths = (torch.tensor([float(sum(label != IGNORE_INDEX for label in feature[side]["labels"]))
                                                       for feature in features]) for side in ("chosen", "rejected"))

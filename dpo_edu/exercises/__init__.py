@@ -22,6 +22,11 @@ runs, prints nothing when it passes (so "Run all" never shows the answer below
 a learner's own attempt) and prints its one line when it fails, and `assert
 solved(...)` stops the notebook then (CI executes every solution).
 """
+
+import contextlib
+import io
+from typing import Any, Callable
+
 from .nb00 import (  # noqa: F401
     SIGN_BUG_CANDIDATES,
     SMOLLM2_PARAMETERS,
@@ -58,9 +63,8 @@ from .nb05 import (  # noqa: F401
     check_05b_frontier_slope,
     check_05b_ipo_neighbours,
 )
-from .nb06 import (CAUSES_06, check_06_diagnosis, check_06_first_numbers, print_run_logs_06,  # noqa: F401
-                   run_logs_06)
-from .nb07 import check_07_odpo_loss, check_07_offset  # noqa: F401
+from .nb06 import CAUSES_06, check_06_diagnosis, check_06_first_numbers, print_run_logs_06, run_logs_06  # noqa: F401
+from .nb07 import check_07_kl_direction, check_07_odpo_loss, check_07_start_weights  # noqa: F401
 from .nb08 import (  # noqa: F401
     BOUNDED_LOSSES_08,
     SUSPECTS_08,
@@ -80,10 +84,6 @@ from .nb10 import (  # noqa: F401
     check_10_frontier,
     check_10_reward_model,
 )
-
-import contextlib
-import io
-from typing import Any, Callable
 
 
 def solved(check: Callable[..., bool | None], *answer: Any) -> bool:
@@ -131,7 +131,8 @@ __all__ = [
     "run_logs_06",
     "CAUSES_06",
     "check_07_odpo_loss",
-    "check_07_offset",
+    "check_07_start_weights",
+    "check_07_kl_direction",
     "check_08_bounded",
     "check_08_rdpo_floor",
     "check_08_diagnosis",

@@ -1,4 +1,5 @@
 """What every checker shares: calling the learner's function safely, the one-line verdict, comparisons."""
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,9 @@ def _one_line(text: str, limit: int = 240) -> str:
 def _call(function: Callable, *args: Any) -> Any:
     """The learner's function on `args`; whatever goes wrong becomes a one-line _Wrong."""
     if not callable(function):
-        raise _Wrong(f"expected a function, got {type(function).__name__}: pass the function itself, without calling it")
+        raise _Wrong(
+            f"expected a function, got {type(function).__name__}: pass the function itself, without calling it"
+        )
     try:
         result = function(*args)
     except NotImplementedError as error:
@@ -64,8 +67,9 @@ def _labelled_causes(causes, truth: dict, hints: dict, *, advice: str = "") -> N
     wrong = [label for label in sorted(causes) if causes[label] != truth[label]]
     if wrong:
         label = wrong[0]
-        raise _Wrong(f"log {label} is not '{causes[label]}': {hints[causes[label]]}{advice} "
-                     f"({len(wrong)} of {len(truth)} wrong)")
+        raise _Wrong(
+            f"log {label} is not '{causes[label]}': {hints[causes[label]]}{advice} ({len(wrong)} of {len(truth)} wrong)"
+        )
 
 
 def _digits(integer: int) -> int:
@@ -97,7 +101,11 @@ def _tensor(value: Any, expected: torch.Tensor, what: str) -> torch.Tensor:
     except Exception:
         raise _Wrong(f"{what}: expected a tensor, got {type(value).__name__}") from None
     if tensor.shape != expected.shape:
-        per_pair = " - one value per row (per pair): do not average or sum over the batch" if tensor.dim() < expected.dim() else ""
+        per_pair = (
+            " - one value per row (per pair): do not average or sum over the batch"
+            if tensor.dim() < expected.dim()
+            else ""
+        )
         raise _Wrong(f"{what}: shape {tuple(tensor.shape)}, expected {tuple(expected.shape)}{per_pair}")
     if tensor.is_complex():
         raise _Wrong(f"{what}: got complex numbers")
@@ -109,12 +117,16 @@ def _close(actual: Any, expected: torch.Tensor, what: str, atol: float = 1e-5, r
     actual = _tensor(actual, expected, what)
     broken = torch.isfinite(expected) & ~torch.isfinite(actual)
     if broken.any():
-        raise _Wrong(f"{what}: got inf or nan where the right value is finite ({int(broken.sum())} of {expected.numel()} "
-                     "entries, at the extreme test inputs); is it computed stably?")
+        raise _Wrong(
+            f"{what}: got inf or nan where the right value is finite ({int(broken.sum())} of {expected.numel()} "
+            "entries, at the extreme test inputs); is it computed stably?"
+        )
     error = (actual - expected).abs() - rtol * expected.abs()
     if (error > atol).any():
         worst = (actual - expected).abs().max().item()
-        raise _Wrong(f"{what}: off by up to {worst:.3g} ({int((error > atol).sum())} of {expected.numel()} entries wrong)")
+        raise _Wrong(
+            f"{what}: off by up to {worst:.3g} ({int((error > atol).sum())} of {expected.numel()} entries wrong)"
+        )
     return actual
 
 

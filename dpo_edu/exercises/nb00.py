@@ -1,4 +1,5 @@
 """Checkers for notebook 00 (welcome) exercises (see `dpo_edu.exercises`)."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,10 @@ def _sign_bugs_that_pass() -> set[str]:
     chosen_logps, rejected_logps = _random_logps(8)[:2]
     passing = set()
     for label, loss in _SIGN_BUG_LOSSES.items():
-        step_one = [loss(chosen_logps, rejected_logps, chosen_logps.clone(), rejected_logps.clone(), beta)
-                    for beta in (0.1, 1.0)]
+        step_one = [
+            loss(chosen_logps, rejected_logps, chosen_logps.clone(), rejected_logps.clone(), beta)
+            for beta in (0.1, 1.0)
+        ]
         if all(torch.allclose(value, torch.full_like(value, math.log(2))) for value in step_one):
             passing.add(label)
     return passing
@@ -63,8 +66,10 @@ def check_00_sign_bugs(passes: set[str]) -> bool:
             hints.append("at least one bug you left out gives ln 2 at step 1 as well")
         if hints:
             raise _Wrong("; ".join(hints) + " - compute each candidate's first loss with policy == reference")
-        return ("a bug that only flips the margin's sign keeps a margin of 0 at 0: only the first step's direction "
-                "exposes it")
+        return (
+            "a bug that only flips the margin's sign keeps a margin of 0 at 0: only the first step's direction "
+            "exposes it"
+        )
 
     return _verdict("sign bugs that pass the ln 2 check", body)
 
@@ -73,8 +78,12 @@ def check_00_sign_bugs(passes: set[str]) -> bool:
 # (embeddings tied to the output layer, so counted once), from sum(p.numel() for p in model.parameters()).
 SMOLLM2_PARAMETERS = 134_515_008
 # float32 bytes per parameter that a plain DPO step holds, activations aside
-_TRAINING_BYTES = {"the policy's weights": 4, "their gradients": 4, "AdamW's two running averages": 8,
-                   "the reference's weights": 4}
+_TRAINING_BYTES = {
+    "the policy's weights": 4,
+    "their gradients": 4,
+    "AdamW's two running averages": 8,
+    "the reference's weights": 4,
+}
 
 
 def _training_memory_slips(n_parameters: int) -> dict[str, float]:
@@ -107,15 +116,19 @@ def check_00_training_memory(gigabytes: float) -> bool:
         bytes_per_parameter = sum(_TRAINING_BYTES.values())
         right = SMOLLM2_PARAMETERS * bytes_per_parameter / 1e9
         if abs(got / right - 1) <= 0.02:
-            return (f"{bytes_per_parameter} bytes per parameter x {SMOLLM2_PARAMETERS:,} = {right:.2f} GB: "
-                    + ", ".join(f"{size} for {what}" for what, size in _TRAINING_BYTES.items())
-                    + "; notebook 06's trainer computes the reference log-probs once, before training, and so "
-                    "needs no reference copy while it trains")
+            return (
+                f"{bytes_per_parameter} bytes per parameter x {SMOLLM2_PARAMETERS:,} = {right:.2f} GB: "
+                + ", ".join(f"{size} for {what}" for what, size in _TRAINING_BYTES.items())
+                + "; notebook 06's trainer computes the reference log-probs once, before training, and so "
+                "needs no reference copy while it trains"
+            )
         for value, hint in _training_memory_slips(SMOLLM2_PARAMETERS).items():
             if abs(got / value - 1) <= 0.02:
                 raise _Wrong(hint)
         direction = "too little" if got < right else "too much"
-        raise _Wrong(f"got {got:.4g} GB, {direction}: list what a step keeps for every parameter (float32: 4 bytes "
-                     "each), add up the bytes, then multiply by the parameter count")
+        raise _Wrong(
+            f"got {got:.4g} GB, {direction}: list what a step keeps for every parameter (float32: 4 bytes "
+            "each), add up the bytes, then multiply by the parameter count"
+        )
 
     return _verdict("memory of a DPO step", body)

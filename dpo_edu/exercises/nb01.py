@@ -1,4 +1,5 @@
 """Checkers for notebook 01 (Bradley-Terry) exercises (see `dpo_edu.exercises`)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -18,6 +19,7 @@ from ._checking import (
 )
 
 # ------------------------------------- 01 Bradley-Terry: predict the naive ratio's nan
+
 
 def _naive_nan_fraction(reward_scale: float, samples: int = 1 << 20) -> dict[str, float]:
     """Fractions of float32 reward pairs scale * N(0, 1) where the naive ratio exp(r_w) / (exp(r_w) + exp(r_l)) is
@@ -45,9 +47,11 @@ def check_01_nan_count(nan_count: float, n_comparisons: int, reward_scale: float
         fractions = _naive_nan_fraction(reward_scale)
         expected = n_comparisons * fractions["right"]
         if abs(got - expected) <= max(0.2 * expected, 3.0):
-            return (f"about {expected:.0f} expected: exp overflows float32 above r = 88.7, and inf / (inf + anything) "
-                    "is nan, while an overflowing rejected reward alone gives 0; both rewards below -104 (exp = 0) "
-                    "add a few 0 / 0")
+            return (
+                f"about {expected:.0f} expected: exp overflows float32 above r = 88.7, and inf / (inf + anything) "
+                "is nan, while an overflowing rejected reward alone gives 0; both rewards below -104 (exp = 0) "
+                "add a few 0 / 0"
+            )
         if 0 < got < 1:
             raise _Wrong("that looks like a fraction; give the count among the n_comparisons pairs")
         if abs(got - 100 * fractions["right"]) <= 0.2 * 100 * fractions["right"] and expected > 150:
@@ -60,15 +64,20 @@ def check_01_nan_count(nan_count: float, n_comparisons: int, reward_scale: float
         if abs(got - n_comparisons * fractions["both overflow"]) <= 0.2 * n_comparisons * fractions["both overflow"]:
             raise _Wrong("too few: inf / (inf + anything) is nan already, whatever the rejected reward")
         if got < 1:
-            raise _Wrong("no nan at all? these rewards are float32, whose exp overflows far inside their spread "
-                         "(section 2: past e^88.7)")
-        raise _Wrong("too few: how likely is a reward of scale * N(0, 1) to pass float32's exp limit of 88.7, "
-                     "and which pairs does that make nan?")
+            raise _Wrong(
+                "no nan at all? these rewards are float32, whose exp overflows far inside their spread "
+                "(section 2: past e^88.7)"
+            )
+        raise _Wrong(
+            "too few: how likely is a reward of scale * N(0, 1) to pass float32's exp limit of 88.7, "
+            "and which pairs does that make nan?"
+        )
 
     return _verdict("naive ratio's nan", body)
 
 
 # ----------------------------------------- 01 Bradley-Terry: derive the gradient
+
 
 def _autograd_score_gradient(scores: torch.Tensor, winners: torch.Tensor, losers: torch.Tensor) -> torch.Tensor:
     scores = scores.detach().clone().requires_grad_(True)
@@ -88,8 +97,11 @@ def _score_gradient_slips(scores: torch.Tensor, winners: torch.Tensor, losers: t
     return {
         "that is the gradient of the negative log-likelihood (the loss), which points the other way": -right,
         "only the games an item won: the games it lost move its score too": winners_only,
-        "your weight per game is the probability that the winner wins; differentiate log sigmoid(z) once more":
-            torch.zeros_like(scores).index_add(0, winners, win_probability).index_add(0, losers, -win_probability),
+        "your weight per game is the probability that the winner wins; differentiate log sigmoid(z) once more": torch.zeros_like(
+            scores
+        )
+        .index_add(0, winners, win_probability)
+        .index_add(0, losers, -win_probability),
         "that looks averaged over games; log L is their sum": right / len(winners),
         "winners and losers look swapped": _autograd_score_gradient(scores, losers, winners),
         "an item that plays several games gets only one of them: `grad[winners] += g` does not add up repeated "
@@ -114,10 +126,15 @@ def check_01_score_gradient(gradient: Callable[[torch.Tensor, torch.Tensor, torc
         # gaps of +-60, and an item (5) that plays no game
         wide = torch.tensor([0.0, 60.0, -60.0, 30.0, 1.0, 2.0], dtype=torch.float64)
         wide_winners, wide_losers = torch.tensor([2, 0, 1, 3, 3, 4]), torch.tensor([1, 2, 0, 4, 2, 0])
-        _close(_call(gradient, wide.clone(), wide_winners, wide_losers),
-               _autograd_score_gradient(wide, wide_winners, wide_losers),
-               "gradient of log L for score gaps of 60, with an item that plays no game", atol=1e-8)
-        return ("d log L / d s_k = (games k won) - (games k was expected to win under s): at the maximum-likelihood "
-                "scores every item wins exactly as often as its scores predict")
+        _close(
+            _call(gradient, wide.clone(), wide_winners, wide_losers),
+            _autograd_score_gradient(wide, wide_winners, wide_losers),
+            "gradient of log L for score gaps of 60, with an item that plays no game",
+            atol=1e-8,
+        )
+        return (
+            "d log L / d s_k = (games k won) - (games k was expected to win under s): at the maximum-likelihood "
+            "scores every item wins exactly as often as its scores predict"
+        )
 
     return _verdict("gradient of the Bradley-Terry log-likelihood", body)

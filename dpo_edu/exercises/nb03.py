@@ -1,4 +1,5 @@
 """Checkers for notebook 03 (the DPO loss) exercises (see `dpo_edu.exercises`)."""
+
 from __future__ import annotations
 
 import math
@@ -38,11 +39,17 @@ def _03_one_dpo_step(features, theta, ref_logps, chosen, rejected, beta=0.1, lr=
     theta = theta.clone().requires_grad_(True)
     before = torch.log_softmax(features @ theta, -1)
     pick = lambda logps, index: logps[index].reshape(1)  # noqa: E731
-    loss, _, _ = losses.dpo_loss(pick(before, chosen), pick(before, rejected), pick(ref_logps, chosen), pick(ref_logps, rejected), beta)
+    loss, _, _ = losses.dpo_loss(
+        pick(before, chosen), pick(before, rejected), pick(ref_logps, chosen), pick(ref_logps, rejected), beta
+    )
     (gradient,) = torch.autograd.grad(loss.sum(), theta)
     after = torch.log_softmax(features @ (theta.detach() - lr * gradient), -1)
     change = after - before.detach()
-    return {"log_pi_chosen": change[chosen].item(), "log_pi_rejected": change[rejected].item(), "h": (change[chosen] - change[rejected]).item()}
+    return {
+        "log_pi_chosen": change[chosen].item(),
+        "log_pi_rejected": change[rejected].item(),
+        "h": (change[chosen] - change[rejected]).item(),
+    }
 
 
 def check_03_step_prediction(prediction: dict | None, chosen_rises: Callable[..., bool]) -> bool:
@@ -66,13 +73,19 @@ def check_03_step_prediction(prediction: dict | None, chosen_rises: Callable[...
             signs = {change[key] > 0 for change in changes if abs(change[key]) > 1e-9}
             truth = "either" if len(signs) == 2 else "rises" if True in signs else "falls"
             if answer != truth:
-                raise _Wrong(f"{key}: your prediction disagrees with what one small DPO step did on {len(changes)} random "
-                             "log-linear policies; change the features in section 4's demo and watch this quantity")
-        wrong = sum(bool(_call(chosen_rises, features, theta, chosen, rejected)) != (change["log_pi_chosen"] > 0)
-                    for (features, theta, _, chosen, rejected), change in zip(instances, changes))
+                raise _Wrong(
+                    f"{key}: your prediction disagrees with what one small DPO step did on {len(changes)} random "
+                    "log-linear policies; change the features in section 4's demo and watch this quantity"
+                )
+        wrong = sum(
+            bool(_call(chosen_rises, features, theta, chosen, rejected)) != (change["log_pi_chosen"] > 0)
+            for (features, theta, _, chosen, rejected), change in zip(instances, changes)
+        )
         if wrong:
-            raise _Wrong(f"chosen_rises is wrong on {wrong} of {len(changes)} random log-linear policies; hint: a small step "
-                         "moves theta along grad h - what does that do to log pi(y_w), to first order?")
+            raise _Wrong(
+                f"chosen_rises is wrong on {wrong} of {len(changes)} random log-linear policies; hint: a small step "
+                "moves theta along grad h - what does that do to log pi(y_w), to first order?"
+            )
         return "only h is sure to rise (to first order); log pi(y_w) falls whenever grad log pi(y_w) . grad h < 0"
 
     return _verdict("what a DPO step does", body)
@@ -88,11 +101,15 @@ def _03_first_step_truth(beta: float) -> dict[str, float]:
     """Loss, implicit reward margin and d loss / d log pi(y_w) of step 1 (policy == reference), from dpo_loss itself."""
     ref_chosen, ref_rejected = _random_logps(11, batch=8)[:2]
     policy_chosen = ref_chosen.clone().requires_grad_(True)
-    loss, chosen_rewards, rejected_rewards = losses.dpo_loss(policy_chosen, ref_rejected.clone(), ref_chosen,
-                                                             ref_rejected, beta)
+    loss, chosen_rewards, rejected_rewards = losses.dpo_loss(
+        policy_chosen, ref_rejected.clone(), ref_chosen, ref_rejected, beta
+    )
     (slope,) = torch.autograd.grad(loss.sum(), policy_chosen)  # pair i's loss depends on pair i's log-prob only
-    return {"loss": loss.mean().item(), "margin": (chosen_rewards - rejected_rewards).mean().item(),
-            "slope": slope.mean().item()}
+    return {
+        "loss": loss.mean().item(),
+        "margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "slope": slope.mean().item(),
+    }
 
 
 def _03_first_step_slip(key: str, got: float, truth: dict[str, float], beta: float) -> str:
@@ -100,27 +117,33 @@ def _03_first_step_slip(key: str, got: float, truth: dict[str, float], beta: flo
     near = lambda value: abs(got - value) <= 5e-4 * max(1.0, abs(value))  # noqa: E731
     at = f"at beta={beta:g}, {key}"
     if key == "loss":
-        slips = {0.0: "a policy equal to the reference has learnt nothing: what probability does it give y_w "
-                      "beating y_l, and what loss does that give?",
-                 0.5: "that is sigma(0), the preference probability; the loss is minus its log",
-                 -math.log(2): "a negative loss: the loss is MINUS a log-probability",
-                 beta * math.log(2): "beta multiplies the margin inside the sigmoid, not the loss",
-                 math.log(2) / beta: "beta multiplies the margin inside the sigmoid; it does not divide the loss"}
+        slips = {
+            0.0: "a policy equal to the reference has learnt nothing: what probability does it give y_w "
+            "beating y_l, and what loss does that give?",
+            0.5: "that is sigma(0), the preference probability; the loss is minus its log",
+            -math.log(2): "a negative loss: the loss is MINUS a log-probability",
+            beta * math.log(2): "beta multiplies the margin inside the sigmoid, not the loss",
+            math.log(2) / beta: "beta multiplies the margin inside the sigmoid; it does not divide the loss",
+        }
     elif key == "margin":
         slips = {}
     else:
-        slips = {-truth["slope"]: "wrong sign: raising log pi(y_w) must lower the loss, so the slope is negative",
-                 0.0: "the loss is not at a minimum at the start: it keeps falling as the margin grows",
-                 truth["slope"] / beta: "beta looks missing: the chain rule through the margin beta * h brings a "
-                                        "factor beta",
-                 2 * truth["slope"]: "d/dm (-log sigmoid(m)) = -sigmoid(-m): what is sigmoid at the start's margin?",
-                 truth["slope"] / 2: "off by a factor 2: d/dm (-log sigmoid(m)) = -sigmoid(-m), at the start's margin"}
+        slips = {
+            -truth["slope"]: "wrong sign: raising log pi(y_w) must lower the loss, so the slope is negative",
+            0.0: "the loss is not at a minimum at the start: it keeps falling as the margin grows",
+            truth["slope"] / beta: "beta looks missing: the chain rule through the margin beta * h brings a "
+            "factor beta",
+            2 * truth["slope"]: "d/dm (-log sigmoid(m)) = -sigmoid(-m): what is sigmoid at the start's margin?",
+            truth["slope"] / 2: "off by a factor 2: d/dm (-log sigmoid(m)) = -sigmoid(-m), at the start's margin",
+        }
     slip = next((hint for value, hint in slips.items() if near(value)), None)
     if slip:
         return f"{at}: {slip}"
     if key == "margin":
-        return f"{at}: the implicit reward margin is beta * h, h the difference of the two log-ratios " \
-               "log(pi_theta / pi_ref): what is each log-ratio when pi_theta == pi_ref?"
+        return (
+            f"{at}: the implicit reward margin is beta * h, h the difference of the two log-ratios "
+            "log(pi_theta / pi_ref): what is each log-ratio when pi_theta == pi_ref?"
+        )
     return f"{at}: not what the loss gives at step 1; write the loss as a function of the margin and evaluate it there"
 
 
@@ -137,15 +160,19 @@ def check_03_first_step(predictions: dict | None) -> bool:
             if predictions is None:
                 raise _NotAttempted
             raise _Wrong(f"expected a dict {{0.1: {{...}}, 1.0: {{...}}}}, got {type(predictions).__name__}")
-        if all(value is None for answers in predictions.values() if isinstance(answers, dict)
-               for value in answers.values()):
+        if all(
+            value is None for answers in predictions.values() if isinstance(answers, dict) for value in answers.values()
+        ):
             raise _NotAttempted
         if sorted(predictions) != sorted(_03_FIRST_STEP_BETAS):
             raise _Wrong(f"expected the betas {list(_03_FIRST_STEP_BETAS)} as keys, got {sorted(predictions)}")
         truths = {beta: _03_first_step_truth(beta) for beta in _03_FIRST_STEP_BETAS}
-        swapped = all(isinstance(predictions[b], dict) and isinstance(predictions[b].get("slope"), (int, float))
-                      and abs(predictions[b]["slope"] - truths[o]["slope"]) <= 5e-4
-                      for b, o in zip(_03_FIRST_STEP_BETAS, reversed(_03_FIRST_STEP_BETAS)))
+        swapped = all(
+            isinstance(predictions[b], dict)
+            and isinstance(predictions[b].get("slope"), (int, float))
+            and abs(predictions[b]["slope"] - truths[o]["slope"]) <= 5e-4
+            for b, o in zip(_03_FIRST_STEP_BETAS, reversed(_03_FIRST_STEP_BETAS))
+        )
         if swapped:
             raise _Wrong("slope: your two betas' slopes look swapped: which beta gives the steeper start?")
         for beta in _03_FIRST_STEP_BETAS:
@@ -165,6 +192,7 @@ def check_03_first_step(predictions: dict | None) -> bool:
 
 
 # ------------------------------------------ 03 DPO loss: four suspect implementations (diagnose)
+
 
 def _03_margin(pc, pr, rc, rr, beta):
     return beta * ((pc - rc) - (pr - rr))
@@ -198,8 +226,15 @@ def suspects_03() -> tuple[dict[str, Callable[..., torch.Tensor]], torch.Tensor]
     log-probs) and beta and returns (B,) losses; probe's columns are (policy_chosen, policy_rejected, ref_chosen,
     ref_rejected) log-probs of four pairs: policy == reference, log-ratios (+1, 0), (+3, +2) and (0, +1).
     """
-    probe = torch.tensor([[-20.0, -30.0, -20.0, -30.0], [-19.0, -30.0, -20.0, -30.0],
-                          [-17.0, -28.0, -20.0, -30.0], [-20.0, -29.0, -20.0, -30.0]], dtype=torch.float64)
+    probe = torch.tensor(
+        [
+            [-20.0, -30.0, -20.0, -30.0],
+            [-19.0, -30.0, -20.0, -30.0],
+            [-17.0, -28.0, -20.0, -30.0],
+            [-20.0, -29.0, -20.0, -30.0],
+        ],
+        dtype=torch.float64,
+    )
     return {name: _03_suspect(fault) for name, fault in _03_SUSPECT_FAULTS.items()}, probe
 
 
@@ -237,7 +272,9 @@ def check_03_diagnosis(diagnosis: dict | None, beta: float = 0.1) -> bool:
         if problems:  # the first, in full: the verdict is one line
             others = f" (and {len(problems) - 1} more of your diagnoses are wrong)" if len(problems) > 1 else ""
             raise _Wrong(problems[0] + others)
-        return ("the ln 2 check at policy == reference catches only B; a pair ranked right must cost less than ln 2 "
-                "(D fails), and the loss depends on the log-ratios only through h (A fails on pairs 2 and 3)")
+        return (
+            "the ln 2 check at policy == reference catches only B; a pair ranked right must cost less than ln 2 "
+            "(D fails), and the loss depends on the log-ratios only through h (A fails on pairs 2 and 3)"
+        )
 
     return _verdict("four suspect DPO losses", body)

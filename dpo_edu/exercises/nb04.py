@@ -1,4 +1,5 @@
 """Checkers for notebook 04 (log-probs) exercises (see `dpo_edu.exercises`)."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,14 @@ from ._checking import _call, _NotAttempted, _number, _verdict, _Wrong
 _04_DIRECTIONS = ("up", "down", "same")
 
 
-def check_04_unmasked_padding(extra_terms: int, direction: str, logits: torch.Tensor, input_ids: torch.Tensor,
-                              labels: torch.Tensor, attention_mask: torch.Tensor) -> bool:
+def check_04_unmasked_padding(
+    extra_terms: int,
+    direction: str,
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> bool:
     """Predict what happens to the padded row's sequence log-prob if its padding were scored (labels keep the token
     ids where attention_mask is 0): extra_terms, how many more terms its sum gets; direction, "up", "down" or
     "same". logits (B, T, V), input_ids, labels and attention_mask (B, T) are the notebook's batch; the truth is
@@ -37,19 +44,25 @@ def check_04_unmasked_padding(extra_terms: int, direction: str, logits: torch.Te
         answer = direction.strip().lower()
         count = _number(extra_terms, "extra_terms")
         if count == 0 or answer == "same":
-            raise _Wrong("the attention mask keeps the padding out of attention, not out of the sum: only the labels "
-                         "decide which terms are summed")
+            raise _Wrong(
+                "the attention mask keeps the padding out of attention, not out of the sum: only the labels "
+                "decide which terms are summed"
+            )
         if count == extra - 1:
-            raise _Wrong("one term too few: the shift drops the last row of logits and the *first* label; which "
-                         "padding position would have no label?")
+            raise _Wrong(
+                "one term too few: the shift drops the last row of logits and the *first* label; which "
+                "padding position would have no label?"
+            )
         if count == extra + 1:
             raise _Wrong("one term too many: count the padding positions among the labels after the shift")
         if count != extra:
             raise _Wrong(f"extra_terms: got {count:g}; count the padding positions of row {row}")
         if answer != truth:
             raise _Wrong("every log-prob is at most 0: can adding terms raise a sum?")
-        return (f"{extra} more terms, each a log-prob <= 0: row {row}'s sum falls by {-change:.2f} nats, and the "
-                "attention mask cannot prevent it")
+        return (
+            f"{extra} more terms, each a log-prob <= 0: row {row}'s sum falls by {-change:.2f} nats, and the "
+            "attention mask cannot prevent it"
+        )
 
     return _verdict("padding left in the sum", body)
 
@@ -67,7 +80,7 @@ _04_SUSPECT_FAULTS = {"A": "padding scored", "B": "seam", "C": "prompt scored"}
 # what a function with each fault does to the sums, to compare with a suspect's numbers
 _04_FAULT_EFFECTS = {
     "prompt scored": "it would add the prompt's terms to every row, lowering rows that share a prompt by the same "
-                     "amount",
+    "amount",
     "padding scored": "it would change only the padded rows, and lower them",
     "seam": "it would drop one term from every row, raising each sum by that token's cost",
     "no shift": "it would change every row by many nats (section 2's 'unshifted' line)",
@@ -78,8 +91,9 @@ _04_FAULT_EFFECTS = {
 def _04_suspect(fault: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]:
     from ..logprobs import sequence_logprobs
 
-    def suspect(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                prompt_length: int) -> torch.Tensor:
+    def suspect(
+        logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
+    ) -> torch.Tensor:
         """logits (B, T, V), input_ids and attention_mask (B, T), right-padded, each row's prompt prompt_length
         tokens long -> (B,) sequence log-probs of the responses."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
@@ -117,20 +131,23 @@ def check_04_logprob_faults(diagnosis: dict | None) -> bool:
         if problems:  # the first, in full: the verdict is one line
             others = f" (and {len(problems) - 1} more of your diagnoses are wrong)" if len(problems) > 1 else ""
             raise _Wrong(problems[0] + others)
-        return ("A leaves the unpadded row alone and lowers the padded one; B raises both rows by their first "
-                "response token's cost; C lowers both rows by the same amount, the cost of their shared prompt")
+        return (
+            "A leaves the unpadded row alone and lowers the padded one; B raises both rows by their first "
+            "response token's cost; C lowers both rows by the same amount, the cost of their shared prompt"
+        )
 
     return _verdict("three suspect log-prob functions", body)
 
 
 # --------------------------------------------- 04b appendix: derive a bf16 bound
 
+
 def _04b_bound_slips(largest_logit: float) -> dict[str, float]:
     bound = 2 * largest_logit * 2.0**-8
     return {
         "half of a bound: rounding moves both terms of log pi(y) = z_y - logsumexp(z)": bound / 2,
-        "twice as loose as it need be: does rounding to nearest err by a whole unit in the last place, or by half?":
-            bound * 2,
+        "twice as loose as it need be: does rounding to nearest err by a whole unit in the last place, or by half?": bound
+        * 2,
         "that is float32's rounding (24 significant bits), not bf16's": bound * 2.0**-16,
         "that is float16's rounding (11 significant bits), not bf16's": bound * 2.0**-3,
         "16 bits are the whole bf16 number: its sign and exponent take 9 of them": bound * 2.0**-8,
@@ -150,15 +167,26 @@ def check_04b_bf16_bound(bound: Callable[[float], float]) -> bool:
             highest = 2 * largest_logit * 2.0**-8
             if lowest * (1 - 1e-9) <= got <= highest * (1 + 1e-9):
                 continue
-            hint = next((hint for hint, value in _04b_bound_slips(largest_logit).items()
-                         if math.isclose(got, value, rel_tol=1e-6)), None)
+            hint = next(
+                (
+                    hint
+                    for hint, value in _04b_bound_slips(largest_logit).items()
+                    if math.isclose(got, value, rel_tol=1e-6)
+                ),
+                None,
+            )
             if hint is None and math.isclose(_number(_call(bound, 4 * largest_logit), "your bound"), got, rel_tol=1e-9):
                 hint = "your bound does not grow with M: a logit's rounding error is relative to its size"
             if hint is None:
-                hint = ("too small: some logit no larger than M rounds by more than that in bf16" if got < lowest else
-                        "valid, but looser than bf16's rounding allows")
+                hint = (
+                    "too small: some logit no larger than M rounds by more than that in bf16"
+                    if got < lowest
+                    else "valid, but looser than bf16's rounding allows"
+                )
             raise _Wrong(f"at M = {largest_logit}: {hint}")
-        return ("|z~ - z| <= 2^-8 |z| <= 2^-8 M for every logit (8 significant bits, round to nearest), and each of "
-                "z_y and logsumexp(z) moves by at most that: 2 M / 256, about 0.23 nats for logits up to 30")
+        return (
+            "|z~ - z| <= 2^-8 |z| <= 2^-8 M for every logit (8 significant bits, round to nearest), and each of "
+            "z_y and logsumexp(z) moves by at most that: 2 M / 256, about 0.23 nats for logits up to 30"
+        )
 
     return _verdict("bf16 error bound", body)

@@ -1,4 +1,5 @@
 """Checkers for notebook 05 (the bandit) exercises (see `dpo_edu.exercises`)."""
+
 from __future__ import annotations
 
 import functools
@@ -12,6 +13,7 @@ from .. import bandit
 from ._checking import _call, _matches, _NotAttempted, _number, _tensor, _verdict, _Wrong
 
 # ------------------------------------------------------- 05 bandit: coverage
+
 
 def _05_uncovered_instances() -> Iterable[tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, int, float]]:
     """Random bandits whose preferences (exact, all_pairs) never mention one response.
@@ -50,19 +52,24 @@ def check_05_uncovered_response(predict: Callable[[torch.Tensor, int, float], fl
                     continue
                 where = f"{ref.shape[1]} responses, response {dropped} in no pair, shift {shift:+}"
                 if abs(got - policy[0, dropped].item()) <= 1e-9:
-                    raise _Wrong(f"{where}: you predicted no change, but retraining moved pi({dropped}); "
-                                 "do the data pin it down?")
+                    raise _Wrong(
+                        f"{where}: you predicted no change, but retraining moved pi({dropped}); "
+                        "do the data pin it down?"
+                    )
                 if abs(got - policy[0, dropped].item() * math.exp(shift)) <= 1e-9:
                     raise _Wrong(f"{where}: the other responses' probabilities must make room - a policy sums to 1")
-                raise _Wrong(f"{where}: your prediction is {'too high' if got > truth else 'too low'}; "
-                             "hint: which logits does the loss's gradient reach, and do the others' updates "
-                             f"depend on logit {dropped}?")
+                raise _Wrong(
+                    f"{where}: your prediction is {'too high' if got > truth else 'too low'}; "
+                    "hint: which logits does the loss's gradient reach, and do the others' updates "
+                    f"depend on logit {dropped}?"
+                )
         return "the uncovered logit gets no gradient, so pi(k) is whatever the start and the normaliser make it"
 
     return _verdict("an uncovered response", body)
 
 
 # ---------------------------------------- 05 bandit: two responses, noisy labels
+
 
 def _05_two_response_limit(ref_a: float, p: float, beta: float) -> float:
     """pi(A) where DPO converges when A beats B in a fraction p of infinitely many comparisons."""
@@ -84,21 +91,27 @@ def check_05_two_response_limit(limit: Callable[[float, float, float], float]) -
 
     slips = {  # each a function of (ref_a, p, beta), with the hint it earns
         "beta is missing: your answer does not change with beta": lambda a, p, b: ratio_to_probability(p / (1 - p), a),
-        "beta acts the wrong way round: a smaller beta must move the policy further from pi_ref":
-            lambda a, p, b: ratio_to_probability((p / (1 - p)) ** b, a),
-        "pi_ref is missing: DPO's optimum is measured against the reference":
-            lambda a, p, b: ratio_to_probability((p / (1 - p)) ** (1 / b), 0.5),
-        "that looks like the ratio pi(A)/pi(B): return the probability pi(A)":
-            lambda a, p, b: a / (1 - a) * (p / (1 - p)) ** (1 / b),
-        "your policy favours the response that loses more often":
-            lambda a, p, b: ratio_to_probability(((1 - p) / p) ** (1 / b), a),
+        "beta acts the wrong way round: a smaller beta must move the policy further from pi_ref": lambda a, p, b: (
+            ratio_to_probability((p / (1 - p)) ** b, a)
+        ),
+        "pi_ref is missing: DPO's optimum is measured against the reference": lambda a, p, b: ratio_to_probability(
+            (p / (1 - p)) ** (1 / b), 0.5
+        ),
+        "that looks like the ratio pi(A)/pi(B): return the probability pi(A)": lambda a, p, b: (
+            a / (1 - a) * (p / (1 - p)) ** (1 / b)
+        ),
+        "your policy favours the response that loses more often": lambda a, p, b: ratio_to_probability(
+            ((1 - p) / p) ** (1 / b), a
+        ),
         "you used the win rate p as A's reward (that is IPO's target); DPO fits Bradley-Terry: which reward gap makes "
         "sigmoid(gap) = p?": lambda a, p, b: ratio_to_probability(math.exp((2 * p - 1) / b), a),
     }
 
     def body() -> str:
-        answers = [_number(_call(limit, *case), f"pi(A) at ref_a={case[0]}, p={case[1]}, beta={case[2]}")
-                   for case in _05_TWO_RESPONSE_CASES]
+        answers = [
+            _number(_call(limit, *case), f"pi(A) at ref_a={case[0]}, p={case[1]}, beta={case[2]}")
+            for case in _05_TWO_RESPONSE_CASES
+        ]
         truths = [_05_two_response_limit(*case) for case in _05_TWO_RESPONSE_CASES]
         if all(math.isclose(got, truth, rel_tol=1e-6) for got, truth in zip(answers, truths)):
             return "pi(A)/pi(B) = (pi_ref(A)/pi_ref(B)) (p/(1-p))^(1/beta): finite for 0 < p < 1, and 1 when p = 1"
@@ -107,12 +120,17 @@ def check_05_two_response_limit(limit: Callable[[float, float, float], float]) -
                 raise _Wrong(hint)
         if any(not 0 <= got <= 1 for got in answers):
             raise _Wrong("some answers lie outside [0, 1]; pi(A) is a probability")
-        case, got, truth = next((c, g, t) for c, g, t in zip(_05_TWO_RESPONSE_CASES, answers, truths)
-                                if not math.isclose(g, t, rel_tol=1e-6))
+        case, got, truth = next(
+            (c, g, t)
+            for c, g, t in zip(_05_TWO_RESPONSE_CASES, answers, truths)
+            if not math.isclose(g, t, rel_tol=1e-6)
+        )
         direction = "too high" if got > truth else "too low"
-        raise _Wrong(f"at ref_a={case[0]}, p={case[1]}, beta={case[2]} your pi(A) is {direction}; hint:"
-                     " which reward gap does Bradley-Terry's maximum likelihood give two responses, and what does "
-                     "DPO's policy do with it?")
+        raise _Wrong(
+            f"at ref_a={case[0]}, p={case[1]}, beta={case[2]} your pi(A) is {direction}; hint:"
+            " which reward gap does Bradley-Terry's maximum likelihood give two responses, and what does "
+            "DPO's policy do with it?"
+        )
 
     return _verdict("DPO's limit on two responses", body)
 
@@ -178,13 +196,15 @@ def _05_letters(answer: object, what: str) -> set[str]:
         raise _Wrong(f"{what}: expected a set of the candidates' letters, got {type(answer).__name__}")
     unknown = letters - set(SILENT_BUG_CANDIDATES)
     if unknown:
-        raise _Wrong(f"{what}: unknown label(s) {sorted(unknown)}; "
-                     f"the candidates are {', '.join(SILENT_BUG_CANDIDATES)}")
+        raise _Wrong(
+            f"{what}: unknown label(s) {sorted(unknown)}; the candidates are {', '.join(SILENT_BUG_CANDIDATES)}"
+        )
     return letters
 
 
-def check_05_silent_bugs(pass_at_one_beta: Iterable[str] | str | None,
-                         pass_at_three_betas: Iterable[str] | str | None) -> bool:
+def check_05_silent_bugs(
+    pass_at_one_beta: Iterable[str] | str | None, pass_at_three_betas: Iterable[str] | str | None
+) -> bool:
     """Which SILENT_BUG_CANDIDATES pass notebook 05's two checks (step-0 loss ln 2, final TV to pi* <= 0.03)
     when they are run at beta = 1 only, and when they are run at beta = 0.3, 1 and 3. The truth is computed:
     the checker trains every candidate."""
@@ -197,11 +217,15 @@ def check_05_silent_bugs(pass_at_one_beta: Iterable[str] | str | None,
         one = _05_letters(pass_at_one_beta, "at beta = 1")
         three = _05_letters(pass_at_three_betas, "at beta = 0.3, 1 and 3")
         if not three <= one:
-            raise _Wrong("your second set is not inside the first: a slip that passes at three values of beta "
-                         "passes at beta = 1 among them")
+            raise _Wrong(
+                "your second set is not inside the first: a slip that passes at three values of beta "
+                "passes at beta = 1 among them"
+            )
         passing = _05_bugs_passing()
-        truths = {"at beta = 1": (one, passing[1.0]),
-                  "at beta = 0.3, 1 and 3": (three, frozenset.intersection(*passing.values()))}
+        truths = {
+            "at beta = 1": (one, passing[1.0]),
+            "at beta = 0.3, 1 and 3": (three, frozenset.intersection(*passing.values())),
+        }
         for where, (answer, truth) in truths.items():
             hints = []
             if answer - truth:
@@ -209,10 +233,13 @@ def check_05_silent_bugs(pass_at_one_beta: Iterable[str] | str | None,
             if truth - answer:
                 hints.append(f"{where}, at least one slip you left out passes both checks")
             if hints:
-                raise _Wrong("; ".join(hints) + " - for each slip, ask what its loss is at step 0 and where its "
-                             "minimum lies")
-        return ("only a survives everywhere (the normaliser cancels in h); b and c are right at beta = 1 only, d and e "
-                "pass ln 2 but not the TV check, f passes the TV check (Adam ignores the loss's scale) but not ln 2")
+                raise _Wrong(
+                    "; ".join(hints) + " - for each slip, ask what its loss is at step 0 and where its minimum lies"
+                )
+        return (
+            "only a survives everywhere (the normaliser cancels in h); b and c are right at beta = 1 only, d and e "
+            "pass ln 2 but not the TV check, f passes the TV check (Adam ignores the loss's scale) but not ln 2"
+        )
 
     return _verdict("slips the checks miss", body)
 
@@ -257,25 +284,36 @@ def check_05b_ipo_neighbours(policy: Callable[[torch.Tensor, float], torch.Tenso
                 raise _Wrong(where + f"your policy sums to {got.sum().item():.4g}, not 1")
             n_responses = len(ref)
             slips = {
-                "that is the spacing when every pair is compared equally often (section 6); here only neighbours are":
-                    candidate(ref, 1 / (beta * n_responses)),
-                "the log-ratio steps are off by a factor: where exactly is (h - 1/(2 beta))^2 zero?":
-                    candidate(ref, 1 / beta),
-                "pi_ref is missing: h measures log-ratios against the reference": candidate(ref, 1 / (2 * beta),
-                                                                                            use_ref=False),
+                "that is the spacing when every pair is compared equally often (section 6); here only neighbours are": candidate(
+                    ref, 1 / (beta * n_responses)
+                ),
+                "the log-ratio steps are off by a factor: where exactly is (h - 1/(2 beta))^2 zero?": candidate(
+                    ref, 1 / beta
+                ),
+                "pi_ref is missing: h measures log-ratios against the reference": candidate(
+                    ref, 1 / (2 * beta), use_ref=False
+                ),
                 "the direction is reversed: y+1 beats y, so it should gain": candidate(ref, 1 / (2 * beta), -1.0),
-                "that is DPO's limit (all mass on the top response); IPO's loss grows again beyond its target margin":
-                    torch.nn.functional.one_hot(torch.tensor(n_responses - 1), n_responses).to(ref.dtype),
+                "that is DPO's limit (all mass on the top response); IPO's loss grows again beyond its target margin": torch.nn.functional.one_hot(
+                    torch.tensor(n_responses - 1), n_responses
+                ).to(ref.dtype),
             }
             hint = next((text for text, value in slips.items() if _matches(got, value, atol=1e-6)), None)
-            raise _Wrong(where + (hint or "not IPO's minimum; hint: can every pair reach its target margin at once "
-                                          "here, unlike in section 1?"))
+            raise _Wrong(
+                where
+                + (
+                    hint
+                    or "not IPO's minimum; hint: can every pair reach its target margin at once "
+                    "here, unlike in section 1?"
+                )
+            )
         return "each neighbour pair reaches h = 1/(2 beta) exactly: pi(y) is proportional to pi_ref(y) exp(y/(2 beta))"
 
     return _verdict("IPO on neighbour pairs", body)
 
 
 # --------------------------------------- 05b appendix: the slope of the frontier
+
 
 def _05b_frontier_slope(ref: torch.Tensor, rewards: torch.Tensor, beta: float) -> float:
     """dE[r]/dKL along the frontier at pi*_beta, by central differences in beta. ref, rewards: (K,)."""
@@ -290,10 +328,19 @@ def check_05b_frontier_slope(slope: Callable[[float], float]) -> bool:
     The truth is measured: finite differences along pi*_beta on notebook 05's bandit and two random ones.
     """
     generator = torch.Generator().manual_seed(558)
-    bandits = [(torch.tensor([0.35, 0.25, 0.20, 0.12, 0.08], dtype=torch.float64),
-                torch.tensor([-0.5, 0.0, 0.5, 1.0, 1.5], dtype=torch.float64))]
-    bandits += [(torch.softmax(torch.randn(6, generator=generator, dtype=torch.float64), -1),
-                 torch.randn(6, generator=generator, dtype=torch.float64)) for _ in range(2)]
+    bandits = [
+        (
+            torch.tensor([0.35, 0.25, 0.20, 0.12, 0.08], dtype=torch.float64),
+            torch.tensor([-0.5, 0.0, 0.5, 1.0, 1.5], dtype=torch.float64),
+        )
+    ]
+    bandits += [
+        (
+            torch.softmax(torch.randn(6, generator=generator, dtype=torch.float64), -1),
+            torch.randn(6, generator=generator, dtype=torch.float64),
+        )
+        for _ in range(2)
+    ]
 
     def body() -> str:
         for beta in (0.2, 1.0, 5.0):
@@ -303,17 +350,22 @@ def check_05b_frontier_slope(slope: Callable[[float], float]) -> bool:
                 continue
             truth = measured[0]
             if got <= 0:
-                raise _Wrong(f"beta={beta}: a slope of {got:.4g}; along the frontier, does more KL buy more reward "
-                             "or less?")
+                raise _Wrong(
+                    f"beta={beta}: a slope of {got:.4g}; along the frontier, does more KL buy more reward or less?"
+                )
             if math.isclose(got * truth, 1, rel_tol=1e-4) and beta != 1.0:
-                raise _Wrong(f"beta={beta}: upside down; is the frontier steeper near the origin (large beta) or "
-                             "near its end (small beta)?")
+                raise _Wrong(
+                    f"beta={beta}: upside down; is the frontier steeper near the origin (large beta) or "
+                    "near its end (small beta)?"
+                )
             ratio = got / truth
             if any(math.isclose(ratio, factor, rel_tol=1e-4) for factor in (2.0, 0.5, math.e, 1 / math.e)):
                 raise _Wrong(f"beta={beta}: off by a constant factor; differentiate E[r] - beta KL at its maximum")
             direction = "too steep" if got > truth else "too flat"
-            raise _Wrong(f"beta={beta}: your slope is {direction} there; hint: pi*_beta maximises"
-                         " E[r] - beta KL - what does that say about a small move along the frontier?")
+            raise _Wrong(
+                f"beta={beta}: your slope is {direction} there; hint: pi*_beta maximises"
+                " E[r] - beta KL - what does that say about a small move along the frontier?"
+            )
         return "the slope is beta itself: beta is the price of one nat of KL, paid in reward"
 
     return _verdict("the frontier's slope", body)

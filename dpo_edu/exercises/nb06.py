@@ -1,4 +1,5 @@
 """Checkers for notebook 06 (the full run) exercises (see `dpo_edu.exercises`)."""
+
 from __future__ import annotations
 
 import math
@@ -11,13 +12,19 @@ from ._checking import _NotAttempted, _number, _verdict, _Wrong
 # the rest (a win-rate tie counts 1/2; accuracy counts a margin > 0, so a margin of exactly 0 counts 0).
 FIRST_NUMBERS_06 = {"win_rate": 0.5, "kl": 0.0, "loss": math.log(2), "accuracy": 0.0}
 _06_FIRST_SLIPS = {
-    "win_rate": {1.0: "every opening is a tie here: does a tie count as a win?",
-                 0.0: "every opening is a tie here: does a tie count as a loss?"},
+    "win_rate": {
+        1.0: "every opening is a tie here: does a tie count as a win?",
+        0.0: "every opening is a tie here: does a tie count as a loss?",
+    },
     "kl": {},
-    "loss": {0.0: "a loss of 0 would need an infinite margin; what is -log sigmoid(0)?",
-             0.5: "0.5 is sigmoid(0), the probability; the loss is its negative log"},
-    "accuracy": {0.5: "accuracy is the share of pairs whose margin is > 0: is a margin of exactly 0 above 0?",
-                 1.0: "accuracy is the share of pairs whose margin is > 0: is a margin of exactly 0 above 0?"},
+    "loss": {
+        0.0: "a loss of 0 would need an infinite margin; what is -log sigmoid(0)?",
+        0.5: "0.5 is sigmoid(0), the probability; the loss is its negative log",
+    },
+    "accuracy": {
+        0.5: "accuracy is the share of pairs whose margin is > 0: is a margin of exactly 0 above 0?",
+        1.0: "accuracy is the share of pairs whose margin is > 0: is a margin of exactly 0 above 0?",
+    },
 }
 
 
@@ -64,9 +71,17 @@ def _06_log(cause: str) -> list[dict[str, float]]:
         margin = 0.04 * (step - 1) ** 1.5 if cause == "healthy" else 0.0
         chosen = 0.0 if cause == "labels masked" else -61.4 - drift
         rejected = 0.0 if cause == "labels masked" else -66.2 - 1.25 * drift
-        rows.append({"step": step, "lr": lr, "loss": math.log1p(math.exp(-margin)), "margin": margin,
-                     "chosen": chosen, "rejected": rejected,
-                     "grad_norm": 0.0 if cause == "labels masked" else 11.3 - 0.4 * step})
+        rows.append(
+            {
+                "step": step,
+                "lr": lr,
+                "loss": math.log1p(math.exp(-margin)),
+                "margin": margin,
+                "chosen": chosen,
+                "rejected": rejected,
+                "grad_norm": 0.0 if cause == "labels masked" else 11.3 - 0.4 * step,
+            }
+        )
     return rows
 
 
@@ -95,8 +110,12 @@ def _06_cell(column: str, value: float) -> str:
 def _06_signature(cause: str) -> dict[str, bool]:
     """What a log with `cause` shows, column by column."""
     rows = _06_log(cause)
-    return {"lr": rows[-1]["lr"] > 0, "loss": rows[-1]["loss"] < rows[0]["loss"] - 1e-6,
-            "grad_norm": rows[-1]["grad_norm"] > 0, "chosen": rows[-1]["chosen"] != rows[0]["chosen"]}
+    return {
+        "lr": rows[-1]["lr"] > 0,
+        "loss": rows[-1]["loss"] < rows[0]["loss"] - 1e-6,
+        "grad_norm": rows[-1]["grad_norm"] > 0,
+        "chosen": rows[-1]["chosen"] != rows[0]["chosen"],
+    }
 
 
 def check_06_diagnosis(diagnosis: dict | None) -> bool:
@@ -122,7 +141,9 @@ def check_06_diagnosis(diagnosis: dict | None) -> bool:
         if problems:
             others = f" (and {len(problems) - 1} more of your diagnoses are wrong)" if len(problems) > 1 else ""
             raise _Wrong(problems[0] + others)
-        return ("ln 2 at every step has three causes, told apart by lr (0), grad_norm (0: nothing to score) and the "
-                "log-probs (moving while the loss stays put: the reference moves with the policy)")
+        return (
+            "ln 2 at every step has three causes, told apart by lr (0), grad_norm (0: nothing to score) and the "
+            "log-probs (moving while the loss stays put: the reference moves with the policy)"
+        )
 
     return _verdict("four training logs", body)

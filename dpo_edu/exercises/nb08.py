@@ -1,4 +1,5 @@
 """Checkers for notebook 08 (beyond DPO) exercises (see `dpo_edu.exercises`)."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ import torch
 
 from .. import losses
 from ._checking import (
-    _NotAttempted,
     _call,
+    _NotAttempted,
     _number,
     _verdict,
     _Wrong,
@@ -60,23 +61,29 @@ def check_08_bounded(prediction: dict) -> bool:
         for name, verdict in answer.items():
             if verdict not in _08_VERDICTS:
                 raise _Wrong(f"{name}: {verdict!r} is not one of {_08_VERDICTS}")
-        truth = {name: "runs away" if _08_runs_away(settings) else "bounded"
-                 for name, settings in BOUNDED_LOSSES_08.items()}
+        truth = {
+            name: "runs away" if _08_runs_away(settings) else "bounded" for name, settings in BOUNDED_LOSSES_08.items()
+        }
         too_hopeful = sum(answer[name] == "bounded" != truth[name] for name in truth)
         too_gloomy = sum(answer[name] == "runs away" != truth[name] for name in truth)
         if too_hopeful:
-            raise _Wrong(f"{too_hopeful} of the losses you call bounded keep falling as the margin grows: for each, "
-                         "write its loss as a function of h with every label right, and ask whether its slope ever "
-                         "reaches 0 (mind the sign in front of eps log sigma(-beta h))")
+            raise _Wrong(
+                f"{too_hopeful} of the losses you call bounded keep falling as the margin grows: for each, "
+                "write its loss as a function of h with every label right, and ask whether its slope ever "
+                "reaches 0 (mind the sign in front of eps log sigma(-beta h))"
+            )
         if too_gloomy:
-            raise _Wrong(f"{too_gloomy} of the losses you say run away stop at a finite margin: find where each "
-                         "one's slope in h is 0 (a target margin, a target probability, or a hinge that goes flat)")
+            raise _Wrong(
+                f"{too_gloomy} of the losses you say run away stop at a finite margin: find where each "
+                "one's slope in h is 0 (a target margin, a target probability, or a hinge that goes flat)"
+            )
         return "a loss stays bounded only if its slope in the margin reaches 0 at a finite margin"
 
     return _verdict("bounded or not", body)
 
 
 # -------------------------------------------------- 08: rDPO's push never stops (derive)
+
 
 def check_08_rdpo_floor(floor: Callable[[float], float]) -> bool:
     """floor(eps) -> the smallest |dL/dz| of rDPO's loss, over all z = beta h, on a pair whose label is right:
@@ -101,10 +108,14 @@ def check_08_rdpo_floor(floor: Callable[[float], float]) -> bool:
             for hint, value in slips.items():
                 if math.isclose(got, value, rel_tol=1e-6, abs_tol=1e-9):
                     raise _Wrong(f"eps={eps}: {hint}")
-            raise _Wrong(f"eps={eps}: got {got:.4g}; write dL/dz with d/dz log sigma(z) = 1 - sigma(z) and "
-                         "d/dz log sigma(-z) = -sigma(z), then let sigma(z) run over (0, 1)")
-        return ("the slope never falls under eps / (1 - 2 eps): on one-label data rDPO keeps pushing, and its loss "
-                "has no floor")
+            raise _Wrong(
+                f"eps={eps}: got {got:.4g}; write dL/dz with d/dz log sigma(z) = 1 - sigma(z) and "
+                "d/dz log sigma(-z) = -sigma(z), then let sigma(z) run over (0, 1)"
+            )
+        return (
+            "the slope never falls under eps / (1 - 2 eps): on one-label data rDPO keeps pushing, and its loss "
+            "has no floor"
+        )
 
     return _verdict("rDPO's weight floor", body)
 
@@ -112,9 +123,13 @@ def check_08_rdpo_floor(floor: Callable[[float], float]) -> bool:
 # ------------------------------------------ 08: a registry that lost its labels (diagnose)
 
 _08_LABELS = {"A": "rDPO", "B": "hinge", "C": "DPO", "D": "IPO", "E": "cDPO"}  # the fault the learner finds
-_08_SUSPECT_SETTINGS = {"DPO": {"loss_type": "sigmoid"}, "cDPO": {"loss_type": "sigmoid", "label_smoothing": 0.2},
-                        "rDPO": {"loss_type": "robust", "label_smoothing": 0.2}, "IPO": {"loss_type": "ipo"},
-                        "hinge": {"loss_type": "hinge"}}
+_08_SUSPECT_SETTINGS = {
+    "DPO": {"loss_type": "sigmoid"},
+    "cDPO": {"loss_type": "sigmoid", "label_smoothing": 0.2},
+    "rDPO": {"loss_type": "robust", "label_smoothing": 0.2},
+    "IPO": {"loss_type": "ipo"},
+    "hinge": {"loss_type": "hinge"},
+}
 _08_STARTS_AT_LN2 = {"DPO", "cDPO", "rDPO"}
 
 
@@ -147,9 +162,13 @@ def check_08_diagnosis(diagnosis: dict) -> bool:
         if any((answer[label] in _08_STARTS_AT_LN2) != (_08_LABELS[label] in _08_STARTS_AT_LN2) for label in wrong):
             raise _Wrong("a suspect is named after a loss that starts elsewhere: evaluate each one at h = 0 first")
         if any(_08_LABELS[label] in _08_STARTS_AT_LN2 for label in wrong):
-            raise _Wrong(f"{len(wrong)} wrong among the losses that start at ln 2: they part at large margins, "
-                         "so probe them at h = +20 and h = -20 (is the loss >= 0 there? does it level off?)")
-        raise _Wrong("the two that start at 1 are swapped: at beta = 0.5 they agree at h = 0, so probe them at a few "
-                     "positive margins")
+            raise _Wrong(
+                f"{len(wrong)} wrong among the losses that start at ln 2: they part at large margins, "
+                "so probe them at h = +20 and h = -20 (is the loss >= 0 there? does it level off?)"
+            )
+        raise _Wrong(
+            "the two that start at 1 are swapped: at beta = 0.5 they agree at h = 0, so probe them at a few "
+            "positive margins"
+        )
 
     return _verdict("mislabelled losses", body)

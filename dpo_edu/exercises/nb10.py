@@ -1,4 +1,5 @@
 """Checkers for notebook 10 (DPO and the RLHF it replaces) exercises (see `dpo_edu.exercises`)."""
+
 from __future__ import annotations
 
 import math
@@ -22,22 +23,29 @@ def check_10_bon_kl(answer: dict | None) -> bool | None:
             raise _Wrong("N=4: answer a number of nats")
         exact = math.log(4) - 3 / 4
         if math.isclose(value, math.log(4), abs_tol=1e-3):
-            raise _Wrong("N=4: log N is the KL of the best-of-N's largest density ratio, not its mean; integrate "
-                         "N F^(N-1) log(N F^(N-1)) dF over F from 0 to 1")
+            raise _Wrong(
+                "N=4: log N is the KL of the best-of-N's largest density ratio, not its mean; integrate "
+                "N F^(N-1) log(N F^(N-1)) dF over F from 0 to 1"
+            )
         if not math.isclose(value, exact, abs_tol=1e-3):
-            raise _Wrong("N=4: the best-of-N density is N F^(N-1) times the reference's (F: the reward's CDF); "
-                         "its KL is the integral of N u^(N-1) log(N u^(N-1)) du over u in [0, 1]")
+            raise _Wrong(
+                "N=4: the best-of-N density is N F^(N-1) times the reference's (F: the reward's CDF); "
+                "its KL is the integral of N u^(N-1) log(N u^(N-1)) du over u in [0, 1]"
+            )
         if answer["with ties"] not in ("above", "below"):
             raise _Wrong("with ties: answer 'above' or 'below'")
         if answer["with ties"] != "below":
-            raise _Wrong("with ties: tied answers share the pick, so the policy moves less from the reference than "
-                         "with distinct rewards (Beirami et al. 2024: the formula is an upper bound)")
+            raise _Wrong(
+                "with ties: tied answers share the pick, so the policy moves less from the reference than "
+                "with distinct rewards (Beirami et al. 2024: the formula is an upper bound)"
+            )
         return f"log 4 - 3/4 = {exact:.4f} nats, an upper bound once rewards can tie"
 
     return _verdict("best-of-N KL", body)
 
 
 # ------------------------------------------------------------------ 10 §6: the frontier (predict)
+
 
 def _frontier_truth(summary: dict) -> dict:
     """From the sweep's summary: which of DPO and RLOO against the true reward is higher at the smallest matched
@@ -86,8 +94,10 @@ check_10_frontier.truth = _frontier_truth
 
 
 def _epochs(losses, accuracies, heldout):
-    return [{"epoch": epoch, "loss": loss, "accuracy": accuracy, "heldout_accuracy": held}
-            for epoch, (loss, accuracy, held) in enumerate(zip(losses, accuracies, heldout), 1)]
+    return [
+        {"epoch": epoch, "loss": loss, "accuracy": accuracy, "heldout_accuracy": held}
+        for epoch, (loss, accuracy, held) in enumerate(zip(losses, accuracies, heldout), 1)
+    ]
 
 
 # Made up for the exercise (not logged by a run): per-epoch means of a Bradley-Terry reward model's training,
@@ -102,7 +112,7 @@ _REWARD_MODEL_HINTS = {
     "not learning": "a model that learns nothing stays at loss ln 2 and accuracy one half, on train and held-out alike",
     "memorising": "memorising fits the training pairs ever better while held-out pairs stay at chance",
     "labels swapped": "swapped labels make the model learn the opposite preference: train accuracy falls below "
-                      "one half and the loss rises above ln 2",
+    "one half and the loss rises above ln 2",
 }
 
 

@@ -368,13 +368,8 @@ class Seed:
     and, made when first needed, the reward model and the held-out pairs that measure it."""
 
     def __init__(self, profile: Profile, seed: int, folder: Path, reference, tokenizer, precision: str, log) -> None:
-        self.profile, self.seed, self.folder, self.reference, self.tokenizer = (
-            profile,
-            seed,
-            folder,
-            reference,
-            tokenizer,
-        )
+        self.profile, self.seed, self.folder = profile, seed, folder
+        self.reference, self.tokenizer = reference, tokenizer
         self.precision, self.log = precision, log
         self.train_prompts = load_prompts("train")[: profile.frontier_train_prompts]
         heldout = load_prompts("heldout")

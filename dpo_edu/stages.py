@@ -240,12 +240,8 @@ class RewardEvaluator:
         precision: str = "auto",
         reference=None,
     ) -> None:
-        self.tokenizer, self.model_source, self.precision, self.reference = (
-            tokenizer,
-            model_source,
-            precision,
-            reference,
-        )
+        self.tokenizer, self.model_source = tokenizer, model_source
+        self.precision, self.reference = precision, reference
         self.prompts, self.texts = list(prompts), [prompt_text(tokenizer, prompt) for prompt in prompts]
         self.score = scorer(reward_fn, self.prompts)
         self.sizes = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -76,20 +76,17 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int = 128
     max_prompt_length: int = 64
-    mixed_precision: str = (
-        "auto"  # auto: bf16 / fp16 where the hardware has it (GPUs, CPUs with AVX512-BF16 or AMX), else "fp32"
-    )
+    # auto: bf16 / fp16 where the hardware has it (GPUs, CPUs with AVX512-BF16 or AMX), else "fp32"
+    mixed_precision: str = "auto"
     # keep only each layer's input, recompute the rest in backward: less memory, more time (benchmarks/train_vs_trl.py)
     gradient_checkpointing: bool = False
     use_chat_template: bool | None = None  # None: if the tokenizer has one; False: plain-text continuation
     # None: DPO; a number: ODPO, offset alpha * log(odpo_score_scale * (chosen_score - rejected_score))
     odpo_alpha: float | None = None
-    odpo_score_scale: float = (
-        1.0  # the scores' unit: gaps below 1 / scale get a negative offset (see losses.odpo_offset)
-    )
-    sft_weight: float = (
-        0.0  # > 0: add sft_weight * NLL(chosen) (RPO; TRL: loss_type=["sigmoid", "sft"], loss_weights=[1, w])
-    )
+    # the scores' unit: gaps below 1 / scale get a negative offset (see losses.odpo_offset)
+    odpo_score_scale: float = 1.0
+    # > 0: add sft_weight * NLL(chosen) (RPO; TRL: loss_type=["sigmoid", "sft"], loss_weights=[1, w])
+    sft_weight: float = 0.0
     simpo_gamma: float = 0.5  # SimPO's target margin (loss_type="simpo")
     seed: int = 0
 

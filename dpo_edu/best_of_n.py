@@ -20,17 +20,14 @@ pass (the n's are not independent of one another, which a curve over n does not 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from .data import prompt_text
 from .evaluate import mean_and_se
 from .generation import Samples, sample_completions
-from .rewards import sentiment
-from .stages import rewards_of
-
-RewardFunction = Callable[..., list[float]]  # reward(prompts, completions, **kwargs) -> list[float], as in TRL
+from .rewards import RewardFunction, rewards_of, sentiment
 
 
 def check_ns(ns: Sequence[int]) -> list[int]:

@@ -3,12 +3,12 @@ and iterative (online) DPO against offline DPO at equal compute.
 
 Everything here is a thin layer over the package: `losses.dpo_loss` for every
 variant, `bandit.train_tabular_dpo` for the table, `train.train_dpo`,
-`generation.sample_completions` and `evaluate.evaluate_policy` for the model.
+`generation.sample_completions` for the model; the held-out measurements are
+`evaluate.heldout_baseline` and `evaluate.evaluate_against`.
 
     VARIANTS, variants_table()        the registry as notebook 08 shows it: paper and the one line that differs
     flip_labels(...)                  label noise for the bandit: swap chosen and rejected of a random fraction
     train_variant(...)                a fresh policy from the reference, trained with one variant's settings
-    heldout_baseline(...), evaluate_variant(...)  held-out reward, win rate, KL and completion lengths
     dpo_round(...)                    one round of iterative DPO: sample from the policy, label, train (pi_ref fixed)
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from . import losses
 from .rewards import sentiment
-from .stages import rewards_of, sample_pairs, scorer
+from .stages import sample_pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,64 +182,6 @@ def tail_mean(values: Sequence[float], last: int) -> float:
     """Mean of the last `last` values (all of them when there are fewer)."""
     values = list(values)[-last:]
     return sum(values) / len(values)
-
-
-def length_summary(lengths: Sequence[int], max_new_tokens: int) -> dict[str, float]:
-    """Mean tokens per completion (EOS included) and the share that ran to the limit instead of ending with EOS."""
-    lengths = list(lengths)
-    if not lengths:
-        raise ValueError("no lengths")
-    return {"mean": sum(lengths) / len(lengths), "at_limit": sum(n >= max_new_tokens for n in lengths) / len(lengths)}
-
-
-def heldout_baseline(
-    reference, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int, seed: int, reward=sentiment
-) -> dict:
-    """The reference's own samples on the held-out prompts, drawn once and scored by `reward` (TRL's convention):
-    {"texts", "rewards", "lengths"}."""
-    from .generation import sample_completions
-
-    samples = sample_completions(
-        reference, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed
-    )
-    return {
-        "texts": samples.texts,
-        "rewards": rewards_of(reward, prompts, samples.texts),
-        "lengths": [len(ids) for ids in samples.completion_ids],
-    }
-
-
-def evaluate_variant(
-    policy,
-    reference,
-    tokenizer,
-    prompts: Sequence[str],
-    baseline: dict,
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    seed: int,
-    reward=sentiment,
-) -> dict:
-    """`evaluate.evaluate_policy` against `baseline` (from `heldout_baseline`, with the same `reward`), plus the length summary.
-
-    reference: the frozen reference model, or None when `policy` is the reference (KL 0).
-    """
-    from .evaluate import evaluate_policy
-
-    result = evaluate_policy(
-        policy,
-        reference,
-        tokenizer,
-        prompts,
-        baseline["rewards"],
-        score=scorer(reward, prompts),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        seed=seed,
-    )
-    result.update({f"length_{key}": value for key, value in length_summary(result["lengths"], max_new_tokens).items()})
-    return result
 
 
 def label_pairs(

@@ -64,13 +64,15 @@ class Profile:
     run_max_prompt_length: int = 32
     run_seed: int = 0
     run_checkpoint_every: int  # optimizer steps between checkpoints (and one on Ctrl-C)
-    # 07 ODPO frontier (`dpo-edu frontier`): shares the run_* pairing, batch and length settings
+    # 07 ODPO and 10 rlhf: the reward-KL frontier (`dpo-edu frontier`); shares the run_* pairing and length settings
     frontier_train_prompts: int  # openings sampled for pairs, per seed
     # > 0 adds a "small data" setting: the first pairs only, trained for more epochs (0: all pairs only)
     frontier_small_pairs: int = 0
     frontier_heldout_prompts: int
     frontier_max_new_tokens: int
     frontier_batch_size: int = 4  # pairs per optimizer step (the sweep buys steps with smaller batches)
+    frontier_learning_rate: float = 1e-4
+    frontier_warmup_steps: int
     frontier_betas: tuple[float, ...]
     frontier_dense_betas: tuple[float, ...]  # --dense, for a GPU
     frontier_seeds: tuple[int, ...]
@@ -79,11 +81,18 @@ class Profile:
     frontier_methods: tuple[str, ...] = ("dpo", "odpo")  # `dpo-edu frontier`'s default (--methods): notebook 07's sweep
     frontier_heldout_pair_prompts: int  # held-out prompts (after the evaluated ones) whose pairs measure the rewards
     frontier_matched_kls: tuple[float, ...]  # KLs (nats) at which curves are compared
-    frontier_sft_learning_rate: float = 1e-4
+    # 07 ODPO: its offset is alpha * log(scale * score gap): scale 10 makes VADER gaps >= 0.1 give offsets >= 0
+    frontier_odpo_alpha: float = 1.0
+    frontier_odpo_score_scale: float = 10.0
+    odpo_eval_steps: tuple[int, ...]  # notebook 07's checkpoints and each run's last (its 30-minute budget)
+    # 10 rlhf: the same engine with every method, DPO at its own betas
+    rlhf_methods: tuple[str, ...] = ("dpo", "sft", "rloo", "rloo-gold", "bon", "bon-gold")
+    rlhf_betas: tuple[float, ...] = (0.1,)
+    frontier_sft_learning_rate: float = 1e-4  # Preferred-FT
+    # the reward model; False: only the scalar head trains (a linear probe of the last token's features)
     frontier_rm_learning_rate: float
     frontier_rm_epochs: int
     frontier_rm_batch_size: int
-    # False: only the scalar head trains (a linear probe of the last token's features)
     frontier_rm_train_body: bool = False
     frontier_rloo_beta: float = 0.05  # the per-sequence KL penalty inside RLOO's reward
     frontier_rloo_k: int  # samples per prompt
@@ -91,15 +100,6 @@ class Profile:
     frontier_rloo_steps: int
     frontier_rloo_learning_rate: float = 1e-4  # as DPO's here: a CPU-budget rate
     frontier_bon_ns: tuple[int, ...]
-    # 10 rlhf: the same engine with every method, DPO at its own betas
-    rlhf_methods: tuple[str, ...] = ("dpo", "sft", "rloo", "rloo-gold", "bon", "bon-gold")
-    rlhf_betas: tuple[float, ...] = (0.1,)
-    frontier_learning_rate: float = 1e-4
-    frontier_warmup_steps: int
-    frontier_odpo_alpha: float = 1.0
-    odpo_eval_steps: tuple[int, ...]  # notebook 07's checkpoints and each run's last (its 30-minute budget)
-    # ODPO's offset is alpha * log(scale * score gap): scale 10 makes VADER gaps >= 0.1 give offsets >= 0
-    frontier_odpo_score_scale: float = 10.0
     # 08 beyond: the variants on the bandit (label noise) and on the real model (DPO / RPO / SimPO), online vs offline DPO
     beyond_label_noise: tuple[float, ...]  # fractions of flipped labels on the bandit
     beyond_train_prompts: int  # openings per round of pairs (round 2 of online DPO uses the next as many)

@@ -39,9 +39,9 @@ import torch
 from matplotlib.figure import Figure
 
 from .best_of_n import best_of_n, check_ns
-from .config import Profile, get_profile
+from .config import Profile
 from .data import load_preferences, prompt_text, write_jsonl
-from .evaluate import format_kl, mean_and_se
+from .evaluate import RewardEvaluator, format_kl, mean_and_se
 from .generation import make_pairs, sample_completions
 from .models import load_model
 from .precision import resolve
@@ -58,11 +58,11 @@ from .reward_model import (
     spearman,
     train_reward_model,
 )
-from .rewards import sentiment
+from .rewards import rewards_of, sentiment
 from .rloo import RLOOConfig, train_rloo
 from .rundir import RunFolder
 from .sft import SFTConfig, train_sft
-from .stages import RewardEvaluator, rewards_of, sample_pairs, train_config
+from .stages import OpenRun, open_run, sample_pairs, train_config
 from .train import TrainConfig, compute_pair_logps, pair_offsets, train_dpo
 from .utils import device_name, get_device, seed_everything
 
@@ -239,60 +239,41 @@ def frontier(
     methods = None if methods is None else list(check_methods(methods))
     betas = None if betas is None else [float(beta) for beta in betas]
     eval_steps = None if eval_steps is None else [int(step) for step in eval_steps]
-    with RunFolder.check(out, "frontier", overwrite=overwrite, resume=resume) as folder:  # locked until the sweep ends
-        if resume:
-            profile, model, dense, precision, methods, betas, eval_steps = folder.resume_options(
-                profile, model, dense=dense, precision=precision, methods=methods, betas=betas, eval_steps=eval_steps
-            )
-        profile = profile if isinstance(profile, Profile) else get_profile(profile)
-        methods = check_methods(methods or profile.frontier_methods)
-        betas = tuple(betas or (profile.frontier_dense_betas if dense else profile.frontier_betas))
-        eval_steps = tuple(eval_steps or profile.frontier_eval_steps)
-        precision = precision or "auto"
-        check_settings(profile, methods, betas, precision)  # fail before the model loads
-        return _frontier(
-            folder,
-            profile,
-            methods,
-            betas,
-            eval_steps,
-            dense=dense,
-            model=model,
-            resume=resume,
-            precision=precision,
-            progress=progress,
-            log=log,
-        )
+    with open_run(
+        out,
+        "frontier",
+        profile,
+        model,
+        overwrite=overwrite,
+        resume=resume,
+        precision=precision,
+        dense=dense,
+        methods=methods,
+        betas=betas,
+        eval_steps=eval_steps,
+    ) as opened:  # locked until the sweep ends
+        profile, options = opened.profile, opened.options
+        methods = check_methods(options["methods"] or profile.frontier_methods)
+        dense = options["dense"]
+        betas = tuple(options["betas"] or (profile.frontier_dense_betas if dense else profile.frontier_betas))
+        eval_steps = tuple(options["eval_steps"] or profile.frontier_eval_steps)
+        check_settings(profile, methods, betas, opened.precision)  # fail before the model loads
+        return _frontier(opened, methods, betas, eval_steps, progress=progress, log=log)
 
 
-def _frontier(
-    folder: RunFolder,
-    profile: Profile,
-    methods,
-    betas,
-    eval_steps,
-    *,
-    dense: bool,
-    model,
-    resume: bool,
-    precision: str,
-    progress: bool,
-    log,
-) -> dict:
+def _frontier(opened: OpenRun, methods, betas, eval_steps, *, progress: bool, log) -> dict:
     started = time.perf_counter()
     device = get_device()
-    reference, tokenizer = load_model(model, device=device)
+    reference, tokenizer = opened.load(device)
     reference.eval().requires_grad_(False)
-    if not resume:
-        folder.start(
-            profile=profile.name,
-            model=None if model is None else str(model),
-            dense=dense,
-            precision=precision,
-            methods=list(methods),
-            betas=list(betas),
-            eval_steps=list(eval_steps),
-        )
+    opened.start(
+        dense=opened.options["dense"],
+        precision=opened.precision,
+        methods=list(methods),
+        betas=list(betas),
+        eval_steps=list(eval_steps),
+    )
+    folder, profile, precision = opened.folder, opened.profile, opened.precision
     try:
         rows = _sweep(
             profile,
@@ -302,9 +283,9 @@ def _frontier(
             folder,
             reference,
             tokenizer,
-            model,
+            opened.model_source,
             device,
-            resume=resume,
+            resume=opened.resume,
             precision=precision,
             progress=progress,
             log=log,
@@ -316,7 +297,7 @@ def _frontier(
     summary.update(
         device=device_name(device),
         precision=resolve(precision, device),
-        resumed=resume,
+        resumed=opened.resume,
         seconds=time.perf_counter() - started,
     )
     figure = plot_frontier(rows)
@@ -579,11 +560,10 @@ def _run(context: Seed, key: tuple, eval_steps, model, device, record, *, progre
     seed, setting, method, beta = key
     profile, evaluator = context.profile, context.evaluator
     run = {"seed": seed, "setting": setting, "method": method, "beta": beta}
-    evaluator(None, 0, policy_is_reference=True)  # the reference's own answers: KL 0, gain 0
     reference_point = {
         **run,
         "step": 0,
-        **_result_row(evaluator.results.pop()),
+        **_result_row(evaluator.measure(None, policy_is_reference=True)),  # its own answers: KL 0, gain 0
         "seconds_train": 0.0,
         "samples_drawn": 0,
     }
@@ -602,8 +582,7 @@ def _run(context: Seed, key: tuple, eval_steps, model, device, record, *, progre
         if step not in eval_steps and not last:
             return None
         evaluating = time.perf_counter()
-        evaluator(policy, step)
-        result = _result_row(evaluator.results.pop())
+        result = _result_row(evaluator.measure(policy))
         # what the training step logged: DPO's last batch, RLOO's own samples
         extra = {kept: step_record[name] for name, kept in TRAINING_KEYS.items() if name in step_record}
         seconds_train = evaluating - clock["start"] - clock["evaluating"]

@@ -41,23 +41,6 @@ def plot_training(history: Sequence[dict]) -> Figure:
     return figure
 
 
-def implicit_rewards(history: Sequence[dict], last: int = 20) -> dict:
-    """What training did to each side of the margin (the metrics.jsonl rows).
-
-    Returns the number of steps, how many had a negative mean chosen reward, and the mean
-    rewards/chosen and rewards/rejected over the `last` steps. A reward beta * (log pi - log pi_ref)
-    below 0 means the policy made those responses *less* likely than the reference did.
-    """
-    tail = history[-last:]
-    return {
-        "steps": len(history),
-        "steps_chosen_negative": sum(row["rewards/chosen"] < 0 for row in history),
-        "last_steps": len(tail),
-        "chosen_last": sum(row["rewards/chosen"] for row in tail) / len(tail),
-        "rejected_last": sum(row["rewards/rejected"] for row in tail) / len(tail),
-    }
-
-
 def plot_evaluation(evaluations: Sequence[dict], reward_name: str = "VADER") -> Figure:
     """Held-out mean reward (+- 1 SE) and the sequence KL(policy || reference) (+- 1 SE) at each evaluation."""
     figure = Figure(figsize=(9, 3.4), layout="constrained")

@@ -401,25 +401,17 @@ def train_reward_model(
     """
     if not pairs:
         raise ValueError("train_reward_model got no pairs")
-    rows = [
-        (
-            reward_row_ids(
-                tokenizer,
-                pair["prompt"],
-                pair["chosen"],
-                max_length=config.max_length,
-                use_chat_template=config.use_chat_template,
-            ),
-            reward_row_ids(
-                tokenizer,
-                pair["prompt"],
-                pair["rejected"],
-                max_length=config.max_length,
-                use_chat_template=config.use_chat_template,
-            ),
+
+    def row_ids(pair: dict, side: str) -> list[int]:
+        return reward_row_ids(
+            tokenizer,
+            pair["prompt"],
+            pair[side],
+            max_length=config.max_length,
+            use_chat_template=config.use_chat_template,
         )
-        for pair in pairs
-    ]
+
+    rows = [(row_ids(pair, "chosen"), row_ids(pair, "rejected")) for pair in pairs]
     pad = pad_token_id(tokenizer)
     if not config.train_body:
         model.requires_grad_(False)

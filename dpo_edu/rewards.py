@@ -19,6 +19,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+RewardFunction = Callable[..., list[float]]  # reward(prompts, completions, **kwargs) -> list[float], as in TRL
+
 
 @functools.lru_cache(maxsize=1)
 def _analyzer():
@@ -152,3 +154,21 @@ def checked_rewards(reward_fn: Callable[..., list[float]], prompts: Sequence, co
             f"reward function {name} returned a non-finite reward ({values[bad[0]]}) for completion {bad[0]}"
         )
     return values
+
+
+def rewards_of(reward_fn: RewardFunction, prompts: Sequence, texts: Sequence[str]) -> list[float]:
+    """reward_fn's score of each completion text for the prompt at the same index.
+
+    TRL's convention: a conversational prompt (a list of messages) gets its
+    completion as [{"role": "assistant", "content": text}], a plain prompt as the text.
+    """
+    completions = [
+        [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+        for prompt, text in zip(prompts, texts)
+    ]
+    return checked_rewards(reward_fn, prompts, completions)
+
+
+def scorer(reward_fn: RewardFunction, prompts: Sequence) -> Callable[[list[str]], list[float]]:
+    """texts -> rewards, one completion per prompt of `prompts` (what `evaluate_policy` calls)."""
+    return lambda texts: rewards_of(reward_fn, prompts, texts)

@@ -31,11 +31,9 @@ from .generation import Samples, sample_completions
 from .logprobs import sequence_logprobs
 from .lora import is_peft_model
 from .reward_model import TRAINING_RANGES, at_least, check_config, epoch_batches, fit
-from .stages import rewards_of
+from .rewards import RewardFunction, rewards_of
 from .train import adapters_disabled
 from .utils import pad_token_id
-
-RewardFunction = Callable[..., list[float]]  # reward(prompts, completions, **kwargs) -> list[float], as in TRL
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from . import checkpoint, rewards
-from .config import Profile, get_profile
+from .config import Profile
 from .data import (
     NoRoomForResponse,
     TokenSeamError,
@@ -50,16 +50,16 @@ from .data import (
     tokenize_pair,
     write_jsonl,
 )
-from .models import load_model, model_provenance
+from .evaluate import PairsEvaluator, RewardEvaluator, implicit_rewards
+from .models import model_provenance
 from .precision import describe, resolve
 from .prompts import load_prompts, read_prompts
-from .report import implicit_rewards
 from .rundir import RunFolder, RunFolderError
 from .stages import (
-    PairsEvaluator,
-    RewardEvaluator,
+    OpenRun,
     count_conversational,
     evaluation_summary,
+    open_run,
     sample_pairs,
     save_policy,
     split_heldout,
@@ -68,6 +68,7 @@ from .stages import (
     train_stage,
     write_report,
 )
+from .train import TrainConfig
 from .utils import device_name, get_device, seed_everything, sha256_file
 
 # what `loss=` (dpo-edu run --loss-type ... --max-length ...) may set over the profile's TrainConfig
@@ -353,134 +354,72 @@ def run(
     `loss`: TrainConfig settings over the profile's (LOSS_SETTINGS), e.g. {"loss_type": "simpo", "beta": 2.0}.
     """
     check_heldout_fraction(heldout_fraction)
-    with RunFolder.check(out, "run", overwrite=overwrite, resume=resume) as folder:
-        if resume:
-            profile, model, precision, loss, pairs, prompts, reward, heldout_fraction = folder.resume_options(
-                profile,
-                model,
-                precision=precision,
-                loss=loss,
-                pairs=pairs,
-                prompts=prompts,
-                reward=reward,
-                heldout_fraction=heldout_fraction,
-            )
-        options = dict(
-            model=model,
-            pairs=pairs,
-            prompts=prompts,
-            reward=reward,
-            precision=precision or "auto",
-            loss=loss,
-            heldout_fraction=HELDOUT_FRACTION if heldout_fraction is None else heldout_fraction,
-        )
-        return _run(
-            folder,
-            profile if isinstance(profile, Profile) else get_profile(profile),
-            resume=resume,
-            progress=progress,
-            log=log,
-            **options,
-        )
-
-
-def _run(
-    folder: RunFolder,
-    profile: Profile,
-    *,
-    model,
-    pairs,
-    prompts,
-    reward,
-    heldout_fraction: float,
-    precision: str,
-    loss: dict | None,
-    resume: bool,
-    progress: bool,
-    log,
-) -> dict:
-    unknown = set(loss or {}) - set(LOSS_SETTINGS)
-    if unknown:
-        raise ValueError(f"loss settings {sorted(unknown)} are not among {', '.join(LOSS_SETTINGS)}")
-    config = train_config(profile, mixed_precision=precision, **(loss or {}))  # bad settings fail here
-    out = folder.path
-    reuse_pairs = resume and (out / "pairs.jsonl").is_file()
-    task = Task.of(
+    with open_run(
+        out,
+        "run",
         profile,
+        model,
+        overwrite=overwrite,
+        resume=resume,
+        precision=precision,
+        loss=loss,
         pairs=pairs,
         prompts=prompts,
         reward=reward,
         heldout_fraction=heldout_fraction,
+    ) as opened:
+        if opened.options["heldout_fraction"] is None:
+            opened.options["heldout_fraction"] = HELDOUT_FRACTION
+        return _run(opened, progress=progress, log=log)
+
+
+def _run(opened: OpenRun, *, progress: bool, log) -> dict:
+    """Stages 1-5 in the folder `open_run` checked and locked, with the options it resolved."""
+    profile, options, out, resume = opened.profile, opened.options, opened.folder.path, opened.resume
+    config = loss_config(profile, opened.precision, options["loss"])  # bad settings fail here
+    reuse_pairs = resume and (out / "pairs.jsonl").is_file()
+    task = Task.of(
+        profile,
+        **{name: options[name] for name in ("pairs", "prompts", "reward", "heldout_fraction")},
         read_pairs=not reuse_pairs,
         log=log,
     )
-    inputs = input_fingerprints(pairs, prompts, reward)
+    inputs = input_fingerprints(options["pairs"], options["prompts"], options["reward"])
     if resume:
-        check_inputs(folder, inputs)
+        check_inputs(opened.folder, inputs)
     latest = checkpoint.latest_folder(out / "checkpoints") if resume else None
     if latest is not None:
         checkpoint.verify(latest)  # a damaged checkpoint fails now, not after minutes of work
     started = time.perf_counter()
     seed_everything(profile.run_seed)
     device = get_device()
-    arithmetic = resolve(precision, device)
-    # a missing model fails here, before the run directory is touched
-    policy, tokenizer = load_model(model, device=device)
+    policy, tokenizer = opened.load(device)  # a missing model fails here, before the run directory is touched
     # which weights: after loading, so a cache built just now is named with its hash
-    provenance = model_provenance(model)
-    split = usable_split(task, tokenizer, config, profile, heldout_fraction) if task.rows is not None else None
-    if not resume:
-        folder.start(
-            profile=profile.name,
-            model=None if model is None else str(model),
-            precision=precision,
-            loss=loss or None,
-            pairs=None if pairs is None else str(pairs),
-            prompts=None if prompts is None else str(prompts),
-            reward=reward,
-            heldout_fraction=heldout_fraction if task.kind != "sentiment" else None,
-            inputs=inputs,
-        )
-    log(
-        f"model {provenance['weights']} on {device_name(device)}, {describe(arithmetic)}; profile {profile.name}; "
-        f"{'resuming' if resume else 'writing'} {out}"
+    provenance = model_provenance(opened.model_source)
+    split = (
+        usable_split(task, tokenizer, config, profile, options["heldout_fraction"]) if task.rows is not None else None
     )
-    try:
-        if reuse_pairs:
-            train_pairs = load_preferences(out / "pairs.jsonl", log=log)
-            pair_counts = json.loads((out / "pairs_counts.json").read_text(encoding="utf-8"))
-        else:
-            train_pairs, pair_counts = make_pairs_stage(
-                task, policy, tokenizer, profile, out, split, precision, progress
-            )
-    except BaseException:
-        if (out / "samples.json").is_file():
-            folder.keep()  # the samples are a result: --resume scores them again
-        else:
-            folder.abandon()  # a new folder goes, a replaced run comes back
-        raise
-    folder.keep()  # from here on the old run (if --overwrite replaced one) is gone, and this run is resumable
+    opened.start(
+        precision=opened.precision,
+        loss=options["loss"] or None,
+        **{name: None if options[name] is None else str(options[name]) for name in ("pairs", "prompts")},
+        reward=options["reward"],
+        heldout_fraction=options["heldout_fraction"] if task.kind != "sentiment" else None,
+        inputs=inputs,
+    )
+    log(
+        f"model {provenance['weights']} on {device_name(device)}, {describe(resolve(opened.precision, device))}; "
+        f"profile {profile.name}; {'resuming' if resume else 'writing'} {out}"
+    )
+    train_pairs, pair_counts = pairs_stage(
+        opened, task, policy, tokenizer, split, reuse=reuse_pairs, progress=progress, log=log
+    )
     if latest is None:
         (out / "metrics.jsonl").unlink(missing_ok=True)  # steps logged before any checkpoint are trained again
     pairs_seconds = time.perf_counter() - started
     log(describe_pairs(task, pair_counts, profile, pairs_seconds))
 
-    sizes = dict(
-        max_new_tokens=profile.run_max_new_tokens,
-        batch_size=profile.run_sample_batch_size,
-        seed=profile.run_seed,
-        model_source=model,
-        precision=precision,
-    )
-    if task.kind == "pairs":
-        heldout = (
-            load_preferences(out / "heldout_pairs.jsonl", log=None)
-            if (out / "heldout_pairs.jsonl").stat().st_size
-            else []
-        )
-        evaluator = PairsEvaluator(policy, tokenizer, heldout, config, **sizes) if heldout else None
-    else:
-        evaluator = RewardEvaluator(policy, tokenizer, task.heldout_prompts, task.reward, **sizes)
+    evaluator = make_evaluator(opened, task, policy, tokenizer, config)
     history, train_seconds, eval_seconds = train_stage(
         policy,
         tokenizer,
@@ -497,10 +436,14 @@ def _run(
     save_policy(policy, tokenizer, out / "policy")
     summary = {
         "task": task.kind,
-        "inputs": {"pairs": pairs and str(pairs), "prompts": prompts and str(prompts), "reward": task.reward_name},
+        "inputs": {
+            "pairs": options["pairs"] and str(options["pairs"]),
+            "prompts": options["prompts"] and str(options["prompts"]),
+            "reward": task.reward_name,
+        },
         "model": provenance,
         "device": device_name(device),
-        "precision": arithmetic,
+        "precision": resolve(opened.precision, device),
         "profile": profile.name,
         "train_config": dataclasses.asdict(config),
         "pairs": pair_counts,
@@ -528,3 +471,53 @@ def _run(
     )
     log(f"done in {summary['seconds']['total']:.0f} s: {result}; see {out / 'report.md'}")
     return summary
+
+
+def loss_config(profile: Profile, precision: str, loss: dict | None) -> TrainConfig:
+    """The profile's TrainConfig with `loss`'s settings (LOSS_SETTINGS) over it."""
+    unknown = set(loss or {}) - set(LOSS_SETTINGS)
+    if unknown:
+        raise ValueError(f"loss settings {sorted(unknown)} are not among {', '.join(LOSS_SETTINGS)}")
+    return train_config(profile, mixed_precision=precision, **(loss or {}))
+
+
+def pairs_stage(opened: OpenRun, task: Task, policy, tokenizer, split, *, reuse: bool, progress: bool, log) -> tuple:
+    """Stage 1, or its result read back (`reuse`, a resumed run that wrote it): (training pairs, counts).
+
+    The first result in the folder: a run that `--overwrite` replaced goes once this stage succeeds, and comes
+    back if it fails before any sample is written.
+    """
+    out, folder = opened.folder.path, opened.folder
+    try:
+        if reuse:
+            train_pairs = load_preferences(out / "pairs.jsonl", log=log)
+            pair_counts = json.loads((out / "pairs_counts.json").read_text(encoding="utf-8"))
+        else:
+            train_pairs, pair_counts = make_pairs_stage(
+                task, policy, tokenizer, opened.profile, out, split, opened.precision, progress
+            )
+    except BaseException:
+        if (out / "samples.json").is_file():
+            folder.keep()  # the samples are a result: --resume scores them again
+        else:
+            folder.abandon()  # a new folder goes, a replaced run comes back
+        raise
+    folder.keep()  # from here on the old run (if --overwrite replaced one) is gone, and this run is resumable
+    return train_pairs, pair_counts
+
+
+def make_evaluator(opened: OpenRun, task: Task, policy, tokenizer, config: TrainConfig):
+    """Stage 2: held-out prompts scored by the task's reward, or held-out pairs (None when a --pairs run held none out)."""
+    profile, out = opened.profile, opened.folder.path
+    sizes = dict(
+        max_new_tokens=profile.run_max_new_tokens,
+        batch_size=profile.run_sample_batch_size,
+        seed=profile.run_seed,
+        model_source=opened.model_source,
+        precision=opened.precision,
+    )
+    if task.kind != "pairs":
+        return RewardEvaluator(policy, tokenizer, task.heldout_prompts, task.reward, **sizes)
+    heldout_path = out / "heldout_pairs.jsonl"
+    heldout = load_preferences(heldout_path, log=None) if heldout_path.stat().st_size else []
+    return PairsEvaluator(policy, tokenizer, heldout, config, **sizes) if heldout else None

@@ -1,6 +1,7 @@
 """The stages of a DPO run, each a function of its inputs that returns what it made:
-1 pairs (sample, score, pair; or a user's file, split) -> 2 the evaluators -> 3 train, evaluating as it goes ->
-4 keep the policy -> 5 the numbers and the report.
+0 the run folder, its options and the model -> 1 pairs (sample, score, pair; or a user's file, split) ->
+2 the evaluators (`dpo_edu.evaluate`) -> 3 train, evaluating as it goes -> 4 keep the policy ->
+5 the numbers and the report.
 
 `dpo-edu run` (`dpo_edu.run`) strings them together for three kinds of input:
 
@@ -14,21 +15,24 @@
   (`PairsEvaluator`: implicit-reward accuracy and margins) and the KL on their
   prompts.
 
-`dpo-edu frontier` (`dpo_edu.frontier`) calls the same stages for each seed and beta.
+`dpo-edu frontier` (`dpo_edu.frontier`) opens its folder with the same stage 0 and calls stage 1 for each seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
-from .config import Profile
+import torch
+
+from .config import Profile, get_profile
 from .data import as_standard, is_conversational, prompt_text
-from .evaluate import evaluate_policy, format_kl, log_ratios, mean_and_se
+from .evaluate import RewardEvaluator, mean_and_se
 from .generation import Samples, make_pairs, sample_completions
 from .models import load_model
 from .report import (
@@ -39,15 +43,61 @@ from .report import (
     plot_reward_histograms,
     plot_training,
     save_figures,
-    with_se,
 )
-from .rewards import RewardError, checked_rewards, describe_function
-from .train import TrainConfig, compute_pair_logps, train_dpo, usable_examples
+from .rewards import RewardError, RewardFunction, describe_function, rewards_of
+from .rundir import RunFolder
+from .train import TrainConfig, train_dpo
 from .utils import quiet_transformers, staged
 
-RewardFunction = Callable[..., list[float]]  # reward(prompts, completions, **kwargs) -> list[float], as in TRL
-REWARD_EVAL_KEYS = ("reward_mean", "reward_se", "reward_gain", "reward_gain_se", "win_rate", "kl", "kl_se")
-PAIR_EVAL_KEYS = ("accuracy", "margin", "margin_se", "chosen_reward", "rejected_reward", "kl", "kl_se")
+# ------------------------------------------------------------ stage 0: the run folder, its options and the model
+
+
+@dataclasses.dataclass
+class OpenRun:
+    """A run folder checked and locked (`RunFolder`), with the options the run goes on with: as given, or, for
+    `resume`, as the run was started (its marker). `options` holds the command's own options by name."""
+
+    folder: RunFolder
+    profile: Profile
+    model_source: str | Path | None  # a saved folder or hub id; None: the course's SmolLM2
+    precision: str
+    options: dict
+    resume: bool
+
+    def load(self, device: torch.device):
+        """(model, tokenizer) on `device`: a missing model fails here, before the folder is touched."""
+        return load_model(self.model_source, device=device)
+
+    def start(self, **options) -> None:
+        """A new run writes its marker (profile, model, then `options`); a resumed run keeps the one it has."""
+        if not self.resume:
+            model = None if self.model_source is None else str(self.model_source)
+            self.folder.start(profile=self.profile.name, model=model, **options)
+
+
+@contextlib.contextmanager
+def open_run(
+    out: str | Path,
+    kind: str,
+    profile: Profile | str | None,
+    model_source,
+    *,
+    overwrite: bool,
+    resume: bool,
+    precision: str | None,
+    **options,
+) -> Iterator[OpenRun]:
+    """Stage 0 of `dpo-edu run` and `dpo-edu frontier`: check and lock the folder `out` (kind "run" or "frontier"),
+    replay a resumed run's options (one given that differs is refused in one line), resolve the profile's name.
+    The folder stays locked until the `with` block ends; precision None is "auto"."""
+    with RunFolder.check(out, kind, overwrite=overwrite, resume=resume) as folder:
+        if resume:
+            profile, model_source, precision, *values = folder.resume_options(
+                profile, model_source, precision=precision, **options
+            )
+            options = dict(zip(options, values))
+        profile = profile if isinstance(profile, Profile) else get_profile(profile)
+        yield OpenRun(folder, profile, model_source, precision or "auto", options, resume)
 
 
 def train_config(profile: Profile, **overrides) -> TrainConfig:
@@ -64,27 +114,6 @@ def train_config(profile: Profile, **overrides) -> TrainConfig:
         seed=profile.run_seed,
     )
     return TrainConfig(**{**settings, **overrides})
-
-
-# ------------------------------------------------------------ rewards
-
-
-def rewards_of(reward_fn: RewardFunction, prompts: Sequence, texts: Sequence[str]) -> list[float]:
-    """reward_fn's score of each completion text for the prompt at the same index.
-
-    TRL's convention: a conversational prompt (a list of messages) gets its
-    completion as [{"role": "assistant", "content": text}], a plain prompt as the text.
-    """
-    completions = [
-        [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
-        for prompt, text in zip(prompts, texts)
-    ]
-    return checked_rewards(reward_fn, prompts, completions)
-
-
-def scorer(reward_fn: RewardFunction, prompts: Sequence) -> Callable[[list[str]], list[float]]:
-    """texts -> rewards, one completion per prompt of `prompts` (what `evaluate_policy` calls)."""
-    return lambda texts: rewards_of(reward_fn, prompts, texts)
 
 
 # ------------------------------------------------------------ stage 1: sample from the reference, score, pair
@@ -207,176 +236,6 @@ def split_heldout(rows: list[dict], fraction: float, seed: int) -> tuple[list[di
 def standard_pairs(tokenizer, rows: list[dict]) -> list[dict]:
     """Every row in TRL's standard format (`dpo_edu.data.as_standard`: conversations through the chat template)."""
     return [as_standard(tokenizer, row) for row in rows]
-
-
-# ------------------------------------------------------------ stage 2: the evaluators, called during training
-
-
-class RewardEvaluator:
-    """The policy on held-out prompts, scored by `reward_fn`, against the reference's samples drawn once at construction.
-
-    The frozen reference is re-loaded from disk (`model_source`) for each
-    evaluation and freed after it, so no second copy of the model sits in memory
-    during training; a sweep that keeps one frozen copy anyway passes it as `reference=`.
-    An evaluation costs one sample per prompt from the policy (whose log-probs the
-    sampler keeps) and one scoring pass of the reference over those samples; at
-    step 0 (`policy_is_reference=True`) it costs nothing: the reference's samples
-    are the policy's.
-    """
-
-    keys = REWARD_EVAL_KEYS
-
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        prompts: Sequence,
-        reward_fn: RewardFunction,
-        *,
-        max_new_tokens: int,
-        batch_size: int,
-        seed: int,
-        model_source=None,
-        precision: str = "auto",
-        reference=None,
-    ) -> None:
-        self.tokenizer, self.model_source = tokenizer, model_source
-        self.precision, self.reference = precision, reference
-        self.prompts, self.texts = list(prompts), [prompt_text(tokenizer, prompt) for prompt in prompts]
-        self.score = scorer(reward_fn, self.prompts)
-        self.sizes = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
-        self.seed = seed
-        samples = sample_completions(model, tokenizer, self.texts, seed=seed + 1, precision=precision, **self.sizes)
-        self.reference_texts = samples.texts
-        self.reference_lengths = [len(ids) for ids in samples.completion_ids]
-        self.reference_rewards = self.score(samples.texts)
-        self.results: list[dict] = []
-
-    def __call__(self, policy, step: int, *, policy_is_reference: bool = False) -> dict:
-        if policy_is_reference:  # the policy is the reference: its samples are the ones drawn at construction
-            result = self._reference_result()
-        else:
-            reference = self.reference or _reload(self.model_source, policy)
-            result = evaluate_policy(
-                policy,
-                reference,
-                self.tokenizer,
-                self.texts,
-                self.reference_rewards,
-                score=self.score,
-                seed=self.seed + 2,
-                precision=self.precision,
-                **self.sizes,
-            )
-        self.results.append({"step": step, **result})
-        return {f"eval/{key}": result[key] for key in self.keys}
-
-    def _reference_result(self) -> dict:
-        """`evaluate_policy`'s result for the reference itself, from its samples: no gain, a win rate of one half
-        (every comparison with itself a tie) and a KL of 0, exactly; nothing is sampled again."""
-        reward_mean, reward_se = mean_and_se(self.reference_rewards)
-        return {
-            "reward_mean": reward_mean,
-            "reward_se": reward_se,
-            "reward_gain": 0.0,
-            "reward_gain_se": 0.0,
-            "win_rate": 0.5,
-            "kl": 0.0,
-            "kl_se": 0.0,
-            "samples": self.reference_texts,
-            "rewards": self.reference_rewards,
-            "lengths": self.reference_lengths,
-        }
-
-    @staticmethod
-    def describe(row: dict) -> str:
-        return (
-            f"reward {with_se(row['eval/reward_mean'], row['eval/reward_se'], 'prompt')}, "
-            f"win rate {row['eval/win_rate']:.3f}, {format_kl(row['eval/kl'], row['eval/kl_se'])}"
-        )
-
-
-class PairsEvaluator:
-    """The policy on held-out preference pairs: how often, and by how much, its implicit reward prefers the chosen reply.
-
-    The implicit reward of a reply is beta * (log pi(y|x) - log pi_ref(y|x)) (notebook 03); the reference's
-    log-probs are computed once, at construction. Also the KL(policy || reference) on the pairs' prompts, from
-    one policy sample each (`dpo_edu.evaluate.log_ratios`). At step 0 the policy is the reference: every
-    reward is 0, so the accuracy (chosen reward > rejected reward, as TRL counts it) is 0 and the margin 0.
-    """
-
-    keys = PAIR_EVAL_KEYS
-
-    def __init__(
-        self,
-        reference,
-        tokenizer,
-        pairs: list[dict],
-        config: TrainConfig,
-        *,
-        max_new_tokens: int,
-        batch_size: int,
-        seed: int,
-        model_source=None,
-        precision: str = "auto",
-    ) -> None:
-        self.tokenizer, self.config, self.model_source, self.precision = tokenizer, config, model_source, precision
-        self.pairs, _ = usable_examples(tokenizer, pairs, config, log=None)
-        self.reference_logps = compute_pair_logps(reference, tokenizer, self.pairs, config)
-        self.prompts = list(dict.fromkeys(pair["prompt"] for pair in self.pairs))
-        self.sizes = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
-        self.seed = seed
-        self.results: list[dict] = []
-
-    def __call__(self, policy, step: int, *, policy_is_reference: bool = False) -> dict:
-        if policy_is_reference:  # every implicit reward is 0 and so is the KL: nothing to compute
-            policy_logps, kl, kl_se, texts = self.reference_logps, 0.0, 0.0, []
-        else:
-            policy_logps = compute_pair_logps(policy, self.tokenizer, self.pairs, self.config)
-            kl, kl_se, texts = self._kl(policy)
-        beta = self.config.beta
-        chosen = [beta * (p - r) for p, r in zip(policy_logps[0].tolist(), self.reference_logps[0].tolist())]
-        rejected = [beta * (p - r) for p, r in zip(policy_logps[1].tolist(), self.reference_logps[1].tolist())]
-        margins = [c - r for c, r in zip(chosen, rejected)]
-        margin, margin_se = mean_and_se(margins)
-        result = {
-            "accuracy": sum(m > 0 for m in margins) / len(margins),
-            "margin": margin,
-            "margin_se": margin_se,
-            "chosen_reward": sum(chosen) / len(chosen),
-            "rejected_reward": sum(rejected) / len(rejected),
-            "kl": kl,
-            "kl_se": kl_se,
-            "samples": texts,
-        }
-        self.results.append({"step": step, **result})
-        return {f"eval/{key}": result[key] for key in self.keys}
-
-    def _kl(self, policy) -> tuple[float, float, list[str]]:
-        """KL(policy || reference) on the held-out prompts from one policy sample each: (kl, its SE, the samples)."""
-        samples = sample_completions(
-            policy, self.tokenizer, self.prompts, seed=self.seed + 2, precision=self.precision, **self.sizes
-        )
-        reference = _reload(self.model_source, policy)
-        ratios = log_ratios(
-            policy, reference, self.tokenizer, samples, batch_size=self.sizes["batch_size"], precision=self.precision
-        )
-        return (*mean_and_se(ratios), samples.texts)
-
-    @staticmethod
-    def describe(row: dict) -> str:
-        margin = with_se(row["eval/margin"], row["eval/margin_se"], "pair", "+.3f")
-        return (
-            f"held-out pairs: accuracy {row['eval/accuracy']:.3f}, margin {margin} "
-            f"(chosen {row['eval/chosen_reward']:+.3f}, rejected {row['eval/rejected_reward']:+.3f}), "
-            f"{format_kl(row['eval/kl'], row['eval/kl_se'])}"
-        )
-
-
-def _reload(model_source, policy):
-    """A fresh frozen copy of the reference, on the policy's device."""
-    reference, _ = load_model(model_source, device=next(policy.parameters()).device)
-    return reference.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------ stage 3: train, evaluating as it goes

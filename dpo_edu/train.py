@@ -311,7 +311,7 @@ def compute_pair_logps(
     (N,) chosen, (N,) rejected, on CPU, for the N examples `usable_examples` keeps (a peft model's adapters off).
 
     For a reference and sweeps: compute them once, then pass `reference=` to every `train_dpo` that starts from
-    this model. An evaluator passes the policy instead (`stages.PairsEvaluator`).
+    this model. An evaluator passes the policy instead (`evaluate.PairsEvaluator`).
     """
     _, features = usable_examples(tokenizer, examples, config, log=None)
     loader = _reference_loader(features, config, pad_token_id(tokenizer))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from dpo_edu import beyond, losses
 from dpo_edu.bandit import all_pairs, optimal_policy, total_variation, train_tabular_dpo
+from dpo_edu.evaluate import evaluate_against, heldout_baseline, length_summary
 
 
 def test_registry_covers_every_loss_type_and_renders():
@@ -76,9 +77,9 @@ def test_robust_recovers_pi_star_on_exact_noisy_labels_and_dpo_cdpo_do_not():
 
 
 def test_small_helpers():
-    assert beyond.length_summary([4, 8, 8, 2], 8) == {"mean": 5.5, "at_limit": 0.5}
+    assert length_summary([4, 8, 8, 2], 8) == {"mean": 5.5, "at_limit": 0.5}
     with pytest.raises(ValueError):
-        beyond.length_summary([], 8)
+        length_summary([], 8)
     assert beyond.tail_mean([1.0, 2.0, 3.0, 4.0], 2) == 3.5 and beyond.tail_mean([1.0], 5) == 1.0
     assert beyond.trajectory([{"a": 1.0}, {"a": 2.0}], "a") == [1.0, 2.0]
 
@@ -134,11 +135,11 @@ def test_train_variant_dpo_round_and_evaluate(tiny, graded_rewards):
     assert abs(round2["history"][0]["rewards/margins"]) > 1e-6
 
     evaluation = dict(max_new_tokens=6, batch_size=8)
-    baseline = beyond.heldout_baseline(reference, tokenizer, PROMPTS, seed=3, **evaluation)
+    baseline = heldout_baseline(reference, tokenizer, PROMPTS, seed=3, **evaluation)
     assert len(baseline["rewards"]) == len(PROMPTS) and all(1 <= n <= 6 for n in baseline["lengths"])
-    same = beyond.evaluate_variant(reference, None, tokenizer, PROMPTS, baseline, seed=4, **evaluation)
+    same = evaluate_against(reference, None, tokenizer, PROMPTS, baseline, seed=4, **evaluation)
     assert same["kl"] == 0.0 and 0 <= same["length_at_limit"] <= 1 and 1 <= same["length_mean"] <= 6
-    moved = beyond.evaluate_variant(policy, reference, tokenizer, PROMPTS, baseline, seed=4, **evaluation)
+    moved = evaluate_against(policy, reference, tokenizer, PROMPTS, baseline, seed=4, **evaluation)
     assert moved["kl"] != 0.0
 
 

@@ -74,8 +74,9 @@ def test_heldout_fraction_is_checked_by_the_parser_naming_the_flag(monkeypatch, 
 
 def test_heldout_fraction_out_of_range_fails_before_any_work(monkeypatch, tmp_path):
     import dpo_edu.run
+    import dpo_edu.stages
 
-    monkeypatch.setattr(dpo_edu.run, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(dpo_edu.stages, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
     with pytest.raises(ValueError, match=r"^--heldout-fraction must be at least 0 and below 1 .*, got 1.0$"):
         dpo_edu.run.run("smoke", tmp_path / "r", pairs="p.jsonl", heldout_fraction=1.0)
     assert not (tmp_path / "r").exists()

@@ -236,6 +236,9 @@ def test_bad_settings_fail_in_one_line_before_the_model_loads(change, message, t
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the settings were checked")
 
+    from dpo_edu import stages
+
+    monkeypatch.setattr(stages, "load_model", no_model)  # stage 0 loads the reference
     monkeypatch.setattr(frontier_module, "load_model", no_model)
     profile = dataclasses.replace(get_profile("smoke"), **change)
     with pytest.raises(ValueError, match=message) as error:

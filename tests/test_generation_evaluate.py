@@ -167,7 +167,7 @@ def test_the_kl_runs_only_the_reference_over_the_policys_samples(model, tokenize
 
 def test_step_zero_is_the_reference_and_samples_nothing_again(model, tokenizer):
     """At step 0 the policy is the reference: the evaluator reuses the reference's samples drawn at construction."""
-    from dpo_edu.stages import RewardEvaluator
+    from dpo_edu.evaluate import RewardEvaluator
 
     def reward(prompts, completions, **kwargs):
         return [float(len(text)) for text in completions]
@@ -181,6 +181,26 @@ def test_step_zero_is_the_reference_and_samples_nothing_again(model, tokenizer):
     assert row == {"eval/reward_mean": mean, "eval/reward_se": se, "eval/reward_gain": 0.0, "eval/reward_gain_se": 0.0,
                    "eval/win_rate": 0.5, "eval/kl": 0.0, "eval/kl_se": 0.0}
     assert evaluator.results[0]["samples"] == evaluator.reference_texts
+
+
+def test_the_evaluators_reference_answers_are_the_held_out_baseline_and_measuring_keeps_nothing(model, tokenizer):
+    """One place draws the reference's answers: RewardEvaluator's are `heldout_baseline`'s at seed + 1, and
+    `measure` (what the frontier calls) returns a whole result without adding to `results`."""
+    from dpo_edu.evaluate import RewardEvaluator, heldout_baseline
+
+    def reward(prompts, completions, **kwargs):
+        return [float(len(text)) for text in completions]
+
+    sizes = dict(max_new_tokens=5, batch_size=8)
+    evaluator = RewardEvaluator(model, tokenizer, PROMPTS, reward, seed=3, precision="fp32", reference=model, **sizes)
+    baseline = heldout_baseline(model, tokenizer, PROMPTS, seed=4, reward=reward, precision="fp32", **sizes)
+    assert (evaluator.reference_texts, evaluator.reference_rewards, evaluator.reference_lengths) == (
+        baseline["texts"], baseline["rewards"], baseline["lengths"])
+    result = evaluator.measure(model)
+    assert evaluator.results == [] and len(result["rewards"]) == len(PROMPTS)
+    assert result["kl"] == pytest.approx(0, abs=1e-5)  # the policy is the reference
+    evaluator(model, 2)
+    assert evaluator.results == [{"step": 2, **result}]  # the same seeds: the same samples
 
 
 def test_a_negative_kl_estimate_is_printed_with_its_se_and_why():

@@ -211,7 +211,6 @@ def test_a_failing_reward_loses_no_samples_and_a_failed_report_resumes(tmp_path,
     """--prompts and --reward through the whole pipeline, after the reward raised (once a traceback that deleted the
     samples), then scored every sample alike (once "no training examples"), and the report failed (once summary.json
     was written first, so --resume refused the folder as finished)."""
-    from dpo_edu import run as run_module
     from dpo_edu import stages
 
     prompts = tmp_path / "prompts.txt"
@@ -269,10 +268,10 @@ def test_resume_refuses_a_prompts_or_reward_file_changed_since_the_start(tmp_pat
     """An edited prompts file once re-split the held-out prompts on --resume: the report evaluated on trained prompts."""
     import hashlib
 
-    from dpo_edu import run as run_module
+    from dpo_edu import stages
     from dpo_edu.rundir import MARKER, RunFolder
 
-    monkeypatch.setattr(run_module, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(stages, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
     prompts, reward, out = tmp_path / "prompts.txt", tmp_path / "my_reward.py", tmp_path / "run"
     prompts.write_text("one\ntwo\nthree\nfour\n", encoding="utf-8")
     reward.write_text(REWARD_FILE, encoding="utf-8")

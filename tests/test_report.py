@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from dpo_edu.report import TRAINING_PANELS, implicit_rewards, plot_training
+from dpo_edu.evaluate import implicit_rewards
+from dpo_edu.report import TRAINING_PANELS, plot_training
 
 
 def _history() -> list[dict]:

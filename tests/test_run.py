@@ -128,7 +128,6 @@ def metrics_without_timing(folder):
 def test_double_ctrl_c_a_damaged_checkpoint_and_resuming_from_the_pairs(run_dir, tmp_path, monkeypatch, capsys, ctrl_c):
     """A second Ctrl-C stops at once: the message points at --resume (never --overwrite). A truncated checkpoint is
     named before the model loads; without the checkpoint, --resume trains again from the saved pairs."""
-    from dpo_edu import run as run_module
 
     from dpo_edu import stages  # train_stage calls train_dpo
 
@@ -141,7 +140,7 @@ def test_double_ctrl_c_a_damaged_checkpoint_and_resuming_from_the_pairs(run_dir,
 
     weights = out / "checkpoints" / "step-000002" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a disk that filled up, a copy cut short
-    monkeypatch.setattr(run_module, "load_model", lambda *a, **k: pytest.fail("the model loaded before the checkpoint was checked"))
+    monkeypatch.setattr(stages, "load_model", lambda *a, **k: pytest.fail("the model loaded before the checkpoint was checked"))
     assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 2
     error = capsys.readouterr().err
     assert f"{weights} is damaged (1,000 bytes" in error and "Delete" in error and len(error.strip().splitlines()) == 1

@@ -171,9 +171,9 @@ def test_resume_keeps_the_recorded_precision_and_refuses_another(tmp_path):
 def no_model(monkeypatch):
     """Make loading the model fail the test: each refusal below must come before any work."""
     from dpo_edu import frontier as frontier_module
-    from dpo_edu import run as run_module
+    from dpo_edu import stages
 
-    for module in (run_module, frontier_module):
+    for module in (stages, frontier_module):  # the set-up's model (stage 0), and the sweep's fresh copies
         monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
 
 
@@ -283,3 +283,31 @@ def test_overwrite_replaces_a_pairs_run_and_one_stopped_while_scoring(tmp_path):
     assert foreign_entries(run) == []
     with RunFolder.check(run, "run", overwrite=True):
         pass
+
+
+def test_open_run_is_the_one_set_up_of_run_and_frontier(tmp_path):
+    """Stage 0: a new run gets the profile by name and precision "auto"; its marker starts with profile and model;
+    a resumed run gets every option back from the marker and refuses one given differently; the folder is locked
+    only inside the `with` block."""
+    from dpo_edu.config import get_profile
+    from dpo_edu.stages import open_run
+
+    out = tmp_path / "sweep"
+    with open_run(out, "frontier", "smoke", None, overwrite=False, resume=False, precision=None,
+                  dense=True, betas=[0.1]) as opened:
+        assert (opened.profile, opened.precision) == (get_profile("smoke"), "auto")
+        assert opened.options == {"dense": True, "betas": [0.1]}
+        opened.start(dense=True, precision=opened.precision, betas=[0.1])
+        with pytest.raises(RunFolderError, match="is being written by another dpo-edu run"):
+            RunFolder.check(out, "frontier", resume=True)
+    marker = json.loads((out / MARKER).read_text())
+    assert list(marker)[:5] == ["kind", "format", "created", "profile", "model"]
+    with open_run(out, "frontier", None, None, overwrite=False, resume=True, precision=None,
+                  dense=False, betas=None) as resumed:
+        assert (resumed.profile.name, resumed.precision) == ("smoke", "auto")
+        assert resumed.options == {"dense": True, "betas": [0.1]}
+        resumed.start(dense=False)  # a resumed run keeps the marker it has
+    assert json.loads((out / MARKER).read_text()) == marker
+    with pytest.raises(RunFolderError, match="resume it without --betas"):
+        with open_run(out, "frontier", None, None, overwrite=False, resume=True, precision=None, betas=[0.5]):
+            pass

@@ -8,8 +8,9 @@ import pytest
 
 from dpo_edu.cli import main
 from dpo_edu.config import get_profile
-from dpo_edu.frontier import (beta_orders_kl, check_methods, curve_table, final_table, interpolate, kl_span, matched_kl, odpo_minus_dpo,
-                              offset_stats, settings_of, spearman)
+from dpo_edu.frontier import check_methods, offset_stats, settings_of
+from dpo_edu.frontier_report import (beta_orders_kl, curve_table, final_table, interpolate, kl_span, matched_kl, odpo_minus_dpo)
+from dpo_edu.reward_model import spearman
 
 
 def rows_for(seed, method, reward_shift, kl_shift, prompt_rewards=(0.0, 0.0, 0.0)):
@@ -291,3 +292,19 @@ def test_the_last_checkpoints_of_seeds_with_different_run_lengths_are_pooled_tog
     assert [row["step"] for row in table] == [0, 2, 48]
     assert table[-1]["kl"] == pytest.approx(2.2) and table[-1]["gain"] == pytest.approx(0.4)
     assert table[-1]["gain_se"] == pytest.approx(math.sqrt(2) * 0.01 / 2) and table[-1]["kl_spread"] == pytest.approx(0.2)
+
+
+def test_frontier_md_names_only_the_methods_the_sweep_ran():
+    """Notebook 07's DPO/ODPO sweep once printed "RLOO beta 0.05; best-of-N for N in [1, 2, 4, 8, 16]" and the
+    best-of-N KL bound in its frontier.md, though it ran neither."""
+    from pathlib import Path
+
+    from dpo_edu.frontier_report import markdown_table
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "frontier"
+    odpo = markdown_table(json.loads((docs / "odpo" / "summary.json").read_text(encoding="utf-8")))
+    header = odpo.split("## ", 1)[0]
+    assert "DPO/ODPO betas [0.05, 5.0]" in header and "RLOO" not in header and "best-of-N" not in header.lower()
+    everything = markdown_table(json.loads((docs / "summary.json").read_text(encoding="utf-8")))
+    header = everything.split("## ", 1)[0]
+    assert "RLOO beta 0.05" in header and "best-of-N for N in [1, 2, 4, 8, 16]" in header and "upper bound" in header

@@ -434,32 +434,9 @@ def _run(opened: OpenRun, *, progress: bool, log) -> dict:
     )
     shutil.rmtree(out / "policy", ignore_errors=True)  # one a resumed run saved before its report failed
     save_policy(policy, tokenizer, out / "policy")
-    summary = {
-        "task": task.kind,
-        "inputs": {
-            "pairs": options["pairs"] and str(options["pairs"]),
-            "prompts": options["prompts"] and str(options["prompts"]),
-            "reward": task.reward_name,
-        },
-        "model": provenance,
-        "device": device_name(device),
-        "precision": resolve(opened.precision, device),
-        "profile": profile.name,
-        "train_config": dataclasses.asdict(config),
-        "pairs": pair_counts,
-        "steps": len(history),
-        "step0_loss": history[0]["loss"],
-        "step0_margin": history[0]["rewards/margins"],
-        "implicit_rewards": implicit_rewards(history),
-        "resumed": resume,
-        "peak_memory_mb": peak_memory_mb(device),
-        "seconds": {
-            "pairs": pairs_seconds,
-            "train": train_seconds,
-            "evaluation": eval_seconds,
-            "total": time.perf_counter() - started,
-        },
-    }
+    seconds = {"pairs": pairs_seconds, "train": train_seconds, "evaluation": eval_seconds}
+    summary = run_summary(opened, task, config, device, provenance, pair_counts, history, seconds)
+    summary["seconds"]["total"] = time.perf_counter() - started
     summary.update(evaluation_summary(evaluator, history))
     write_report(summary, history, evaluator, out)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # policy/ and the report hold the result; optimizer: 2 GB
@@ -479,6 +456,34 @@ def loss_config(profile: Profile, precision: str, loss: dict | None) -> TrainCon
     if unknown:
         raise ValueError(f"loss settings {sorted(unknown)} are not among {', '.join(LOSS_SETTINGS)}")
     return train_config(profile, mixed_precision=precision, **(loss or {}))
+
+
+def run_summary(
+    opened: OpenRun, task: Task, config: TrainConfig, device, provenance: dict, pair_counts: dict, history, seconds
+) -> dict:
+    """summary.json's numbers before the evaluations' (`evaluation_summary`): what ran, on what, and what training did."""
+    options = opened.options
+    return {
+        "task": task.kind,
+        "inputs": {
+            "pairs": options["pairs"] and str(options["pairs"]),
+            "prompts": options["prompts"] and str(options["prompts"]),
+            "reward": task.reward_name,
+        },
+        "model": provenance,
+        "device": device_name(device),
+        "precision": resolve(opened.precision, device),
+        "profile": opened.profile.name,
+        "train_config": dataclasses.asdict(config),
+        "pairs": pair_counts,
+        "steps": len(history),
+        "step0_loss": history[0]["loss"],
+        "step0_margin": history[0]["rewards/margins"],
+        "implicit_rewards": implicit_rewards(history),
+        "resumed": opened.resume,
+        "peak_memory_mb": peak_memory_mb(device),
+        "seconds": dict(seconds),
+    }
 
 
 def pairs_stage(opened: OpenRun, task: Task, policy, tokenizer, split, *, reuse: bool, progress: bool, log) -> tuple:

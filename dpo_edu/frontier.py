@@ -80,7 +80,6 @@ from .train import TrainConfig, compute_pair_logps, pair_offsets, train_dpo
 from .utils import device_name, get_device, seed_everything
 
 NEEDS_REWARD_MODEL = ("rloo", "bon")  # methods that train a reward model on the seed's pairs
-ROW_LISTS = ("rewards",)  # per-prompt lists a row keeps (the rest are numbers)
 
 
 def check_methods(methods) -> tuple[str, ...]:
